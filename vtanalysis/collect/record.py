@@ -1,0 +1,177 @@
+"""`record_attention`: per-layer text->image and text->text attention rows from one real prefill.
+
+For each recorded layer l and sample b the record holds
+    text_to_image[l][t, n] = A_l[text_positions[t], image_positions[n]]
+    text_to_text[l][t, u]  = A_l[text_positions[t], text_positions[u]]
+where A_l is the causal softmax attention of layer l (head-mean by default: mean_h A_l,h).
+Rows are computed from the model's own post-RoPE queries and keys (see `collect.tap`), so they
+equal eager attention rows; the model itself keeps running its default backend (SDPA).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import VTAError
+from ..models.layout import TokenLayout
+from .rows import attention_rows
+from .tap import tap_attention
+
+
+@dataclass
+class SampleAttention:
+    """One sample's attention rows.
+
+    Attributes:
+        text_to_image: [n_layers, n_text, n_image] (heads="mean") or [n_layers, H, n_text, n_image].
+        text_to_text: [n_layers, n_text, n_text] (or with a head dimension, as above).
+        layout: the sample's `TokenLayout` (row and column orders).
+        layers: the model layer index of each recorded layer.
+    """
+
+    text_to_image: torch.Tensor
+    text_to_text: torch.Tensor
+    layout: TokenLayout
+    layers: list[int]
+
+    @property
+    def last_row(self) -> torch.Tensor:
+        """Attention of the last prompt token over image tokens: [n_layers, (H,) n_image]."""
+        return self.text_to_image[..., -1, :]
+
+    def layer(self, model_layer: int) -> int:
+        """Index into the record's layer dimension of a model layer index."""
+        if model_layer not in self.layers:
+            raise VTAError(f"layer {model_layer} was not recorded; recorded layers: {self.layers}.")
+        return self.layers.index(model_layer)
+
+
+class AttentionRecord:
+    """Attention rows of a batch: `record[b]` is sample b's `SampleAttention`."""
+
+    def __init__(self, samples: list[SampleAttention], layers: list[int], heads: str, meta: dict | None = None):
+        self.samples, self.layers, self.heads, self.meta = samples, layers, heads, meta or {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, b: int) -> SampleAttention:
+        return self.samples[b]
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def save(self, path: str | Path) -> None:
+        """Write `<path>.safetensors` (tensors) and `<path>.json` (layouts, layers, meta), each atomically."""
+        path = Path(path)
+        tensors = {}
+        for b, s in enumerate(self.samples):
+            tensors[f"{b}.text_to_image"] = s.text_to_image.contiguous()
+            tensors[f"{b}.text_to_text"] = s.text_to_text.contiguous()
+        info = {"layers": self.layers, "heads": self.heads, "meta": self.meta,
+                "layouts": [s.layout.to_dict() for s in self.samples]}
+        atomic_write(path.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+        atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(info)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AttentionRecord":
+        path = Path(path)
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        info = json.loads(path.with_suffix(".json").read_text())
+        samples = [
+            SampleAttention(tensors[f"{b}.text_to_image"], tensors[f"{b}.text_to_text"], TokenLayout.from_dict(lay),
+                            info["layers"])
+            for b, lay in enumerate(info["layouts"])
+        ]
+        return cls(samples, info["layers"], info["heads"], info["meta"])
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _query_rows(layouts: list[TokenLayout]) -> torch.Tensor:
+    """[B, R] text positions per sample, right-padded by repeating the last position."""
+    width = max(lay.n_text for lay in layouts)
+    return torch.stack([
+        torch.cat([lay.text_positions, lay.text_positions[-1:].expand(width - lay.n_text)]) for lay in layouts
+    ])
+
+
+def record_attention(vlm, batch, layers="all", heads: str = "mean") -> AttentionRecord:
+    """Run one prefill forward pass of `vlm` on `batch` and record attention rows.
+
+    Args:
+        vlm: a `VLM`.
+        batch: `VLMInputs` from `vlm.prepare`.
+        layers: "all" or an iterable of decoder-layer indices (negative counts from the end).
+        heads: "mean" (average the per-head softmax rows) or "all" (keep a head dimension).
+    Returns:
+        `AttentionRecord`; `record[b].text_to_image[l]` is [n_text, n_image] for head-mean.
+    Raises:
+        LayerError: a layer index outside the model's depth.
+    """
+    if heads not in ("mean", "all"):
+        raise VTAError(f"heads must be 'mean' or 'all', not {heads!r}.")
+    wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
+    rows = _query_rows(batch.layouts)
+    per_layer: dict[int, torch.Tensor] = {}
+    cols = [torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]
+
+    def make_callback(layer_idx):
+        def callback(module, query, key, attention_mask, scaling):
+            probs = attention_rows(query, key, attention_mask, scaling, rows)  # [B, H, R, Lk]
+            if heads == "mean":
+                probs = probs.mean(dim=1, keepdim=True)
+            per_layer[layer_idx] = [probs[b, :, :, c.to(probs.device)].cpu() for b, c in enumerate(cols)]
+        return callback
+
+    decoder = vlm.decoder_layers
+    callbacks = {decoder[l].self_attn: make_callback(l) for l in wanted}
+    stop = _StopAfter(decoder[wanted[-1]]) if wanted[-1] < vlm.num_layers - 1 else None
+    inputs = batch.to(vlm.device).model_inputs
+    with torch.inference_mode(), tap_attention(callbacks):
+        try:
+            vlm.model(**inputs, use_cache=False, logits_to_keep=1)
+        except _Stop:
+            pass  # the last wanted layer has run; later layers are not needed
+        finally:
+            if stop is not None:
+                stop.remove()
+
+    samples = []
+    for b, lay in enumerate(batch.layouts):
+        stacked = torch.stack([per_layer[l][b] for l in wanted])  # [L, 1 or H, R, n_image + n_text]
+        if heads == "mean":
+            stacked = stacked[:, 0]
+        stacked = stacked[..., : lay.n_text, :]
+        samples.append(SampleAttention(stacked[..., : lay.n_image_tokens].contiguous(),
+                                       stacked[..., lay.n_image_tokens:].contiguous(), lay, wanted))
+    meta = {"model": vlm.name, "prompts": list(batch.prompts)}
+    return AttentionRecord(samples, wanted, heads, meta)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter:
+    """Forward hook that ends the pass after a layer, so layers past the last recorded one never run."""
+
+    def __init__(self, layer):
+        self.handle = layer.register_forward_hook(self._raise)
+
+    @staticmethod
+    def _raise(*_):
+        raise _Stop
+
+    def remove(self):
+        self.handle.remove()

@@ -1,0 +1,21 @@
+"""Errors raised for bad input. Each message names the problem and the fix."""
+
+
+class VTAError(ValueError):
+    """Base class of vtanalysis input errors."""
+
+
+class UnsupportedModelError(VTAError):
+    """The model's family has no adapter."""
+
+
+class PromptError(VTAError):
+    """A prompt lacks image placeholders or has fewer than the images given."""
+
+
+class ImageError(VTAError):
+    """An image could not be read or decoded."""
+
+
+class LayerError(VTAError):
+    """A layer index is outside the model's depth."""

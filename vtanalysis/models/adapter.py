@@ -1,0 +1,87 @@
+"""What every model-family adapter provides: prompts, token layouts and the decoder layers.
+
+A family adapter is a small subclass of `Adapter`; the registry (`models.registry`) picks one
+from a model config's `model_type`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import PromptError
+from .layout import TokenLayout
+
+
+class Adapter:
+    """Base class of model-family adapters.
+
+    Class attributes:
+        family: human name of the family ("llava-1.5").
+        model_types: `config.model_type` values this adapter serves.
+        model_class: name of the `transformers` class to load.
+        has_cls: whether the vision tower emits a [CLS] token (needed by [CLS]-saliency methods).
+    """
+
+    family: str = ""
+    model_types: tuple[str, ...] = ()
+    model_class: str = ""
+    has_cls: bool = True
+
+    # -- prompts ------------------------------------------------------------------------------
+    def image_placeholder(self, processor) -> str:
+        return processor.image_token
+
+    def build_prompt(self, processor, question: str, n_images: int) -> str:
+        """Prompt for one sample with the model's own chat template (fallback: `manual_prompt`)."""
+        placeholder = self.image_placeholder(processor)
+        if getattr(processor, "chat_template", None):
+            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+            conversation = [{"role": "user", "content": content}]
+            prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            if prompt.count(placeholder) == n_images:
+                return prompt
+        # Some templates (e.g. Qwen2-VL base) ignore image parts: build the prompt by hand.
+        return self.manual_prompt(processor, question, n_images)
+
+    def manual_prompt(self, processor, question: str, n_images: int) -> str:
+        return "".join(self.image_placeholder(processor) + "\n" for _ in range(n_images)) + question
+
+    def check_prompt(self, processor, prompt: str, n_images: int) -> None:
+        placeholder = self.image_placeholder(processor)
+        found = prompt.count(placeholder)
+        if found == 0:
+            raise PromptError(
+                f"the prompt has no image placeholder '{placeholder}': {prompt[:80]!r}. "
+                f"Put one '{placeholder}' where each image goes, or pass questions= and let "
+                "vlm.prepare apply the chat template."
+            )
+        if found != n_images:
+            raise PromptError(
+                f"the prompt has {found} image placeholder(s) '{placeholder}' but {n_images} image(s) were "
+                f"given. Give one image per placeholder."
+            )
+
+    # -- layout -------------------------------------------------------------------------------
+    def image_token_id(self, config) -> int:
+        return int(config.image_token_id)
+
+    def layouts(self, model_inputs, config, images_per_sample: list[int]) -> list[TokenLayout]:
+        raise NotImplementedError
+
+    # -- modules ------------------------------------------------------------------------------
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder-only text model (has `.layers`, `.embed_tokens`, `.norm`)."""
+        return model.model.language_model
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.language_model(model).layers
+
+
+def split_images(image_pos: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    """Split a sample's image-token positions [n] into per-image runs of the given sizes."""
+    if sum(counts) != image_pos.numel():
+        raise PromptError(
+            f"the sequence holds {image_pos.numel()} image tokens but the images need {sum(counts)}. "
+            "Each image placeholder must be expanded by the model's own processor (pass the raw prompt)."
+        )
+    return list(torch.split(image_pos, counts))

@@ -1,0 +1,24 @@
+"""Finds the adapter for a model config (by `config.model_type`)."""
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from .adapter import Adapter
+from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen2_vl import Qwen25VLAdapter, Qwen2VLAdapter
+
+ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), Qwen2VLAdapter(), Qwen25VLAdapter()]
+
+
+def supported_families() -> list[str]:
+    return [f"{a.family} ({a.model_class})" for a in ADAPTERS]
+
+
+def adapter_for(config) -> Adapter:
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise UnsupportedModelError(
+        f"model_type '{model_type}' is not supported. Supported families: {', '.join(supported_families())}."
+    )

@@ -1,0 +1,158 @@
+"""Tiny randomly initialised VLMs of each supported family, built offline for tests and examples.
+
+They have the real architecture classes and real processor classes, scaled down: a few decoder
+layers, small widths, small images. `scale_down_config` does the same to a real model's
+config.json so tests can run the published processor files on a random model of that shape.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import transformers
+
+from .registry import adapter_for
+from .vlm import VLM
+from .wordtok import word_tokenizer
+
+NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-qwen2-vl": "qwen2-vl"}
+FAMILIES = tuple(NAMES.values())
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+NEXT_TEMPLATE = (
+    "{% for message in messages %}{{ '[INST] ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ ' [/INST]' }}{% endfor %}"
+)
+QWEN_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Text decoder shared by the tiny families: GQA (4 query heads, 2 KV heads) so head grouping is exercised.
+# A wide initialiser makes attention peaked rather than uniform, so row comparisons are meaningful.
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.2)
+
+
+def _llava(tok, num_layers):
+    img = tok.convert_tokens_to_ids("<image>")
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=4, projection_dim=32)
+    text = transformers.LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **{**TEXT, "num_hidden_layers": num_layers})
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=img,
+                                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=4,
+                                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                            chat_template=LLAVA_TEMPLATE, image_token="<image>")
+    return config, processor
+
+
+def _llava_next(tok, num_layers):
+    img = tok.convert_tokens_to_ids("<image>")
+    pinpoints = [[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32)
+    text = transformers.MistralConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, sliding_window=None,
+                                      **{**TEXT, "num_hidden_layers": num_layers})
+    config = transformers.LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=img,
+                                          image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                                          vision_feature_select_strategy="default")
+    image_processor = transformers.LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                           image_grid_pinpoints=pinpoints)
+    processor = transformers.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                                chat_template=NEXT_TEMPLATE, image_token="<image>")
+    return config, processor
+
+
+def _qwen2_vl(tok, num_layers):
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
+    text = dict(TEXT, num_hidden_layers=num_layers, vocab_size=len(tok), max_window_layers=num_layers,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim)})
+    vision = dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=2, mlp_ratio=2,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision,
+                                        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                                        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    image_processor = transformers.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=168 * 168, patch_size=14,
+                                                         merge_size=2, temporal_patch_size=2)
+    video_processor = transformers.Qwen2VLVideoProcessor()
+    processor = transformers.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                              video_processor=video_processor, chat_template=QWEN_TEMPLATE)
+    return config, processor
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """M-RoPE (t, h, w) rotary sections summing to head_dim / 2, in Qwen2-VL's 1:1.5:1.5 proportion."""
+    half = head_dim // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
+_BUILDERS = {"llava": _llava, "llava-next": _llava_next, "qwen2-vl": _qwen2_vl}
+
+
+def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn_implementation: str = "sdpa") -> VLM:
+    """A randomly initialised tiny VLM of `family` ("llava", "llava-next" or "qwen2-vl"), float32.
+
+    Image tokens: llava 8x8 grid (32 px, patch 4); llava-next 4x4 base grid + unpadded tiles
+    + newlines (32 px tiles, patch 8); qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14).
+    """
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(_BUILDERS)}.")
+    extra = ["<image>"] + (QWEN_SPECIAL if family == "qwen2-vl" else [])
+    tok = word_tokenizer(extra_special=extra)
+    config, processor = _BUILDERS[family](tok, num_layers)
+    config.text_config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model_cls = getattr(transformers, adapter_for(config).model_class)
+    model = model_cls(config)
+    model.set_attn_implementation(attn_implementation)
+    return VLM(model.to(device), processor, name=f"tiny-{family}")
+
+
+def scale_down_config(config: dict, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                      vision_hidden: int = 32, vision_layers: int = 2) -> dict:
+    """Shrink a real model's config.json dict (depth and widths only) for a random-weight copy.
+
+    Keeps the vocabulary, image size, patch size, token ids and grid settings, so the real
+    processor produces real token counts. Sets float32 for exact comparisons.
+    """
+    cfg = copy.deepcopy(config)
+    text_keys = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, num_key_value_heads=kv_heads)
+    for scope in (cfg, cfg.get("text_config")):
+        if scope is None:
+            continue
+        scope.update(text_keys)
+        scope.pop("layer_types", None)
+        if "max_window_layers" in scope:
+            scope["max_window_layers"] = layers
+        scope["torch_dtype"] = "float32"
+        rope = scope.get("rope_scaling") or scope.get("rope_parameters")
+        if rope and "mrope_section" in rope:
+            rope["mrope_section"] = mrope_section(hidden // heads)
+    vision = cfg.get("vision_config", {})
+    if "depth" in vision:  # Qwen vision tower
+        vision.update(depth=vision_layers, embed_dim=vision_hidden, num_heads=2, hidden_size=hidden,
+                      out_hidden_size=hidden, intermediate_size=2 * vision_hidden)
+        if "fullatt_block_indexes" in vision:
+            vision["fullatt_block_indexes"] = [vision_layers - 1]
+    elif vision:
+        vision.update(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                      num_hidden_layers=vision_layers + 1, num_attention_heads=2)
+    cfg["torch_dtype"] = "float32"
+    return cfg

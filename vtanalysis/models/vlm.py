@@ -1,0 +1,148 @@
+"""`VLM`: a Hugging Face vision-language model, its processor and its family adapter, in one object."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import LayerError, PromptError
+from .adapter import Adapter
+from .images import load_image
+from .layout import TokenLayout
+from .registry import adapter_for
+
+
+@dataclass
+class VLMInputs:
+    """A prepared batch.
+
+    Attributes:
+        model_inputs: the dict to pass to `vlm.model(**model_inputs)` (input_ids [B, L],
+            attention_mask [B, L], pixel values and the family's image-size tensors).
+        layouts: one `TokenLayout` per sample.
+        prompts: the prompt strings the processor tokenised.
+        images_per_sample: how many images each sample has.
+    """
+
+    model_inputs: dict
+    layouts: list[TokenLayout]
+    prompts: list[str]
+    images_per_sample: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def to(self, device) -> "VLMInputs":
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.model_inputs.items()}
+        return VLMInputs(moved, self.layouts, self.prompts, self.images_per_sample)
+
+
+class VLM:
+    """A loaded model. Use `load_vlm` (or `models.tiny.build`) to make one.
+
+    Attributes:
+        model: the stock `transformers` model (e.g. `LlavaForConditionalGeneration`).
+        processor: its processor (chat template, tokenizer, image processor).
+        adapter: the family adapter that knows its token layout.
+        name: the id or path it was loaded from.
+    """
+
+    def __init__(self, model: nn.Module, processor, adapter: Adapter | None = None, name: str = ""):
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter or adapter_for(model.config)
+        self.name = name or getattr(model.config, "_name_or_path", "")
+
+    def __repr__(self) -> str:
+        return (f"VLM({self.name!r}, family={self.adapter.family}, layers={self.num_layers}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.adapter.decoder_layers(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        """Return `layer` as a non-negative index, or raise `LayerError` naming the valid range."""
+        n = self.num_layers
+        if not isinstance(layer, int) or not -n <= layer < n:
+            raise LayerError(f"{what} {layer!r} is out of range: this model has {n} decoder layers (0..{n - 1}).")
+        return layer % n
+
+    def prepare(self, images, questions=None, *, prompts=None) -> VLMInputs:
+        """Apply the model's chat template and processor to a batch.
+
+        Args:
+            images: one entry per sample: an image (path, PIL image or array) or a list of images.
+            questions: one question per sample; the chat template wraps it with image placeholders.
+            prompts: instead of questions, full prompts that already hold one image placeholder
+                (e.g. "<image>") per image.
+        Returns:
+            `VLMInputs` on the model's device, padded on the left (the generation convention).
+        """
+        if (questions is None) == (prompts is None):
+            raise PromptError("pass exactly one of questions= or prompts= to vlm.prepare.")
+        texts = list(questions if questions is not None else prompts)
+        per_sample = [list(x) if isinstance(x, (list, tuple)) else [x] for x in images]
+        if len(per_sample) != len(texts):
+            raise PromptError(f"got {len(per_sample)} image entries for {len(texts)} prompts; give one entry per sample.")
+        pil = [[load_image(im) for im in ims] for ims in per_sample]
+        counts = [len(ims) for ims in pil]
+        if questions is not None:
+            texts = [self.adapter.build_prompt(self.processor, q, n) for q, n in zip(texts, counts)]
+        for text, n in zip(texts, counts):
+            self.adapter.check_prompt(self.processor, text, n)
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"
+        flat = [im for ims in pil for im in ims]
+        inputs = self.processor(images=flat, text=texts, return_tensors="pt", padding=True)
+        model_inputs = dict(inputs)
+        layouts = self.adapter.layouts(model_inputs, self.config, counts)
+        return VLMInputs(model_inputs, layouts, texts, counts).to(self.device)
+
+
+def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+             attn_implementation: str = "sdpa") -> VLM:
+    """Load a supported VLM from a Hugging Face id or a local folder.
+
+    Args:
+        name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, or the name of a
+            bundled tiny random model ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl").
+        device: where to put the model.
+        dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
+        attn_implementation: the model's attention backend ("sdpa" by default).
+    Raises:
+        UnsupportedModelError: the config's family has no adapter (the message lists those that do).
+    """
+    import transformers
+
+    from . import tiny
+
+    name = str(name_or_path)
+    if name in tiny.NAMES:
+        return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
+    config = transformers.AutoConfig.from_pretrained(name)
+    adapter = adapter_for(config)
+    if dtype is None:
+        dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
+    model_cls = getattr(transformers, adapter.model_class)
+    model = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    processor = transformers.AutoProcessor.from_pretrained(name)
+    return VLM(model, processor, adapter, name)
