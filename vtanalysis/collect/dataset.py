@@ -1,0 +1,185 @@
+"""Dataset-scale collection: streaming mean attention maps, checkpointed after every batch.
+
+Output folder:
+    state.safetensors   running sums + which sample ids are done (one file, replaced atomically)
+    samples.jsonl       one line per sample: id, token counts, per-layer image-attention mass
+    skipped.jsonl       samples that could not be processed (e.g. an undecodable image), with why
+    mean_attention.safetensors, summary.json, mean_image_attention.png   written at the end
+
+An interrupted run restarted with the same arguments continues where the last checkpoint
+left off: done samples are skipped, and `samples.jsonl` is cut back to the checkpoint, so no
+sample is lost or counted twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..data.dataset import Sample, read_samples
+from ..errors import VTAError
+from .record import SampleAttention, atomic_write, record_attention
+
+STATE = "state.safetensors"
+SAMPLES = "samples.jsonl"
+SKIPPED = "skipped.jsonl"
+
+
+def grid_key(grid) -> str:
+    """Accumulator key of a grid: kind and shape, e.g. 'image_24x24' or 'tiles_48x36'."""
+    return f"{grid.name}_{grid.shape[0]}x{grid.shape[1]}"
+
+
+class MeanMaps:
+    """Running sums of image attention folded onto patch grids.
+
+    For each grid key, `sums[key]` is [2, n_layers, h, w]: index 0 sums the last prompt token's
+    row, index 1 the mean over all text-query rows. `mass` is [2, n_layers]: the same two rows'
+    total attention on image tokens. Means are sums / counts.
+    """
+
+    def __init__(self, sums=None, counts=None, mass=None, n=0):
+        self.sums: dict[str, torch.Tensor] = sums or {}
+        self.counts: dict[str, int] = counts or {}
+        self.mass = mass
+        self.n = n
+
+    def add(self, sample: SampleAttention) -> dict:
+        t2i = sample.text_to_image.double()  # [L, T, N]
+        rows = torch.stack([t2i[:, -1], t2i.mean(1)])  # [2, L, N]
+        for grid in sample.layout.grids:
+            key = grid_key(grid)
+            folded = grid.to_map(rows)
+            self.sums[key] = self.sums.get(key, 0) + folded
+            self.counts[key] = self.counts.get(key, 0) + 1
+        mass = rows.sum(-1)  # [2, L]
+        self.mass = mass if self.mass is None else self.mass + mass
+        self.n += 1
+        return {"last_row_image_mass": [round(float(x), 6) for x in mass[0]],
+                "text_rows_image_mass": [round(float(x), 6) for x in mass[1]]}
+
+    def means(self) -> dict[str, torch.Tensor]:
+        out = {key: (s / self.counts[key]).float() for key, s in self.sums.items()}
+        if self.mass is not None:
+            out["image_mass"] = (self.mass / self.n).float()
+        return out
+
+
+def _save_state(out: Path, maps: MeanMaps, done: list[str], samples_bytes: int, meta: dict) -> None:
+    tensors = {f"sum.{k}": v.contiguous() for k, v in maps.sums.items()}
+    if maps.mass is not None:
+        tensors["mass"] = maps.mass.contiguous()
+    info = {"counts": json.dumps(maps.counts), "n": str(maps.n), "done": json.dumps(done),
+            "samples_bytes": str(samples_bytes), "meta": json.dumps(meta)}
+    atomic_write(out / STATE, lambda p: save_file(tensors, str(p), metadata=info))
+
+
+def _load_state(out: Path):
+    with safe_open(str(out / STATE), framework="pt") as f:
+        info = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    sums = {k[len("sum."):]: v for k, v in tensors.items() if k.startswith("sum.")}
+    maps = MeanMaps(sums, json.loads(info["counts"]), tensors.get("mass"), int(info["n"]))
+    return maps, json.loads(info["done"]), int(info["samples_bytes"]), json.loads(info["meta"])
+
+
+def _append(path: Path, rows: list[dict]) -> int:
+    """Append JSON lines durably; return the file's new size."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+        return f.tell()
+
+
+def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int = 4, layers="all",
+                    limit: int | None = None, save_records: bool = False, progress: bool = True) -> dict:
+    """Record attention over a dataset folder and accumulate mean maps; resumable.
+
+    Args:
+        vlm: a `VLM`.
+        data: a dataset folder (images + questions.jsonl; see `vtanalysis.data.dataset`).
+        out: output folder; if it holds a checkpoint of the same model and layers, the run resumes.
+        batch_size: samples per forward pass (padded on the left).
+        layers: "all" or a list of decoder-layer indices.
+        limit: use only the first `limit` samples.
+        save_records: also save every batch's full `AttentionRecord` under out/records/.
+    Returns:
+        the summary dict (also written to out/summary.json).
+    """
+    if batch_size < 1:
+        raise VTAError(f"batch_size must be >= 1, got {batch_size}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = read_samples(data)[:limit]
+    wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
+    meta = {"model": vlm.name, "layers": wanted, "data": str(Path(data).resolve())}
+    maps, done, offset = MeanMaps(), [], 0
+    if (out / STATE).exists():
+        maps, done, offset, old = _load_state(out)
+        if (old["model"], old["layers"]) != (meta["model"], meta["layers"]):
+            raise VTAError(f"'{out}' holds a collection of model {old['model']} over layers {old['layers']}; "
+                           "pass a new --out folder (or delete this one) to start another collection.")
+    for name in (SAMPLES, SKIPPED):
+        (out / name).touch()
+    with open(out / SAMPLES, "r+") as f:
+        f.truncate(offset)  # drop lines written after the last checkpoint
+    done_set = set(done)
+    todo = [s for s in samples if s.id not in done_set]
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="collect", unit="sample",
+               disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        rows, skipped = [], []
+        for group, rec in _record_batch(vlm, chunk, wanted, skipped, out if save_records else None):
+            for sample, att in zip(group, rec):
+                rows.append({"id": sample.id, "n_image_tokens": att.layout.n_image_tokens,
+                             "n_text": att.layout.n_text, **maps.add(att)})
+        if skipped:
+            _append(out / SKIPPED, skipped)
+        offset = _append(out / SAMPLES, rows)
+        done.extend(s.id for s in chunk)
+        _save_state(out, maps, done, offset, meta)
+        bar.update(len(chunk))
+    bar.close()
+    return _finish(vlm, out, maps, meta)
+
+
+def _record_batch(vlm, chunk: list[Sample], layers, skipped: list, records_dir: Path | None):
+    """Yield (samples, record) for a batch; if the batch fails on bad input, retry one by one and skip the bad."""
+    def run(group):
+        batch = vlm.prepare([s.image for s in group], [s.question for s in group])
+        rec = record_attention(vlm, batch, layers=layers)
+        if records_dir is not None:
+            (records_dir / "records").mkdir(exist_ok=True)
+            rec.save(records_dir / "records" / f"batch_{group[0].id}")
+        return rec
+
+    try:
+        yield chunk, run(chunk)
+    except VTAError:
+        for sample in chunk:
+            try:
+                yield [sample], run([sample])
+            except VTAError as err:
+                skipped.append({"id": sample.id, "error": str(err)})
+
+
+def _finish(vlm, out: Path, maps: MeanMaps, meta: dict) -> dict:
+    from ..viz.attention_maps import plot_mean_maps
+
+    means = maps.means()
+    atomic_write(out / "mean_attention.safetensors", lambda p: save_file(means, str(p), metadata={"meta": json.dumps(meta)}))
+    n_skipped = sum(1 for line in (out / SKIPPED).read_text().splitlines() if line.strip())
+    summary = {**meta, "n_samples": maps.n, "n_skipped": n_skipped, "grids": maps.counts,
+               "mean_last_row_image_mass": means["image_mass"][0].tolist() if "image_mass" in means else []}
+    atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    if maps.n:
+        plot_mean_maps(means, meta["layers"], title=f"{meta['model']} - mean text-to-image attention, n={maps.n}",
+                       path=out / "mean_image_attention.png")
+    return summary
