@@ -9,16 +9,9 @@ import torch
 import vtanalysis as vta
 from conftest import QUESTIONS
 
+from reference import assert_rows_equal_eager, eager_attentions
+
 TOL = 1e-5
-
-
-def eager_attentions(vlm, batch):
-    vlm.model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return vlm.model(**batch.model_inputs, output_attentions=True).attentions  # L x [B, H, S, S]
-    finally:
-        vlm.model.set_attn_implementation("sdpa")
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -27,15 +20,8 @@ def test_rows_equal_eager(family_vlm, images, batch_size):
     batch = vlm.prepare(images[:batch_size], QUESTIONS[:batch_size])
     assert vlm.model.config.text_config._attn_implementation == "sdpa"
     rec = vta.record_attention(vlm, batch)
-    ref = eager_attentions(vlm, batch)
     assert rec.layers == list(range(vlm.num_layers))
-    for b, lay in enumerate(batch.layouts):
-        assert rec[b].text_to_image.shape == (vlm.num_layers, lay.n_text, lay.n_image_tokens)
-        assert rec[b].text_to_text.shape == (vlm.num_layers, lay.n_text, lay.n_text)
-        for layer in range(vlm.num_layers):
-            rows = ref[layer][b].mean(0)[lay.text_positions]
-            torch.testing.assert_close(rec[b].text_to_image[layer], rows[:, lay.image_positions], atol=TOL, rtol=0)
-            torch.testing.assert_close(rec[b].text_to_text[layer], rows[:, lay.text_positions], atol=TOL, rtol=0)
+    assert_rows_equal_eager(vlm, batch, rec, atol=TOL)
 
 
 def test_prompts_of_different_length_are_padded(family_vlm, images):
@@ -78,6 +64,7 @@ def test_record_round_trips_through_safetensors(family_vlm, images, tmp_path):
     rec.save(tmp_path / "rec")
     back = vta.AttentionRecord.load(tmp_path / "rec")
     assert back.layers == [1] and len(back) == 2
+    assert_rows_equal_eager(vlm, batch, back)  # also covers stopping the pass after layer 1
     for a, b in zip(rec, back):
         assert torch.equal(a.text_to_image, b.text_to_image) and torch.equal(a.text_to_text, b.text_to_text)
         assert torch.equal(a.layout.image_positions, b.layout.image_positions)

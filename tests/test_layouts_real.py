@@ -9,6 +9,7 @@ import torch
 
 import vtanalysis as vta
 from realproc import build_realproc_model
+from reference import assert_rows_equal_eager
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +46,7 @@ def test_llava15_layout_matches_config(real):
 def test_llava15_real_config_rows_equal_eager(real):
     vlm = real("llava-1.5-7b-hf")
     batch = vlm.prepare([photo(480, 640), photo(200, 300)], ["What is shown?", "Describe the image in detail please."])
-    rec = vta.record_attention(vlm, batch)
-    vlm.model.set_attn_implementation("eager")
-    with torch.no_grad():
-        ref = vlm.model(**batch.model_inputs, output_attentions=True).attentions
-    vlm.model.set_attn_implementation("sdpa")
-    for b, lay in enumerate(batch.layouts):
-        for layer in range(vlm.num_layers):
-            want = ref[layer][b].mean(0)[lay.text_positions][:, lay.image_positions]
-            torch.testing.assert_close(rec[b].text_to_image[layer], want, atol=1e-5, rtol=0)
+    assert_rows_equal_eager(vlm, batch, vta.record_attention(vlm, batch))
 
 
 @pytest.mark.parametrize("size", [(512, 512), (300, 700), (700, 300)])
@@ -110,13 +103,4 @@ def test_qwen2_vl_layout_matches_mrope_positions(real):
 def test_qwen2_vl_real_config_rows_equal_eager(real):
     vlm = real("Qwen2-VL-2B")
     batch = vlm.prepare([photo(112, 224), photo(300, 200)], ["What is shown?", "Describe it."])
-    rec = vta.record_attention(vlm, batch)
-    vlm.model.set_attn_implementation("eager")
-    with torch.no_grad():
-        ref = vlm.model(**batch.model_inputs, output_attentions=True).attentions
-    vlm.model.set_attn_implementation("sdpa")
-    for b, lay in enumerate(batch.layouts):
-        for layer in range(vlm.num_layers):
-            rows = ref[layer][b].mean(0)[lay.text_positions]
-            torch.testing.assert_close(rec[b].text_to_image[layer], rows[:, lay.image_positions], atol=1e-5, rtol=0)
-            torch.testing.assert_close(rec[b].text_to_text[layer], rows[:, lay.text_positions], atol=1e-5, rtol=0)
+    assert_rows_equal_eager(vlm, batch, vta.record_attention(vlm, batch))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import PromptError
-from .layout import TokenLayout
+from .layout import TokenLayout, text_after_images
 
 
 class Adapter:
@@ -65,8 +65,41 @@ class Adapter:
     def image_token_id(self, config) -> int:
         return int(config.image_token_id)
 
-    def layouts(self, model_inputs, config, images_per_sample: list[int]) -> list[TokenLayout]:
+    def image_specs(self, model_inputs, config, images_per_sample: list[int]) -> list[list]:
+        """Per sample, per image: what `image_tokens` and `arrange` need (a grid shape, a size...)."""
         raise NotImplementedError
+
+    def image_tokens(self, spec, config) -> int:
+        """Number of LLM tokens of one image."""
+        raise NotImplementedError
+
+    def arrange(self, run: torch.Tensor, spec, config, image: int, col: int):
+        """Column order of one image's token positions `run` (sequence order).
+
+        Returns (positions [n] in column order, grids, newline columns), columns counted from `col`.
+        """
+        raise NotImplementedError
+
+    def layouts(self, model_inputs, config, images_per_sample: list[int]) -> list[TokenLayout]:
+        """One `TokenLayout` per sample of a processed batch (input_ids [B, L], attention_mask [B, L])."""
+        ids, mask = model_inputs["input_ids"], model_inputs["attention_mask"]
+        specs = self.image_specs(model_inputs, config, images_per_sample)
+        out = []
+        for b in range(ids.shape[0]):
+            first, image_pos, text_pos = text_after_images(ids[b], mask[b], self.image_token_id(config))
+            runs = split_images(image_pos, [self.image_tokens(spec, config) for spec in specs[b]])
+            positions, grids, newlines, image_columns, col = [], [], [], [], 0
+            for i, (run, spec) in enumerate(zip(runs, specs[b])):
+                order, image_grids, image_newlines = self.arrange(run, spec, config, i, col)
+                positions.append(order)
+                grids.extend(image_grids)
+                newlines.extend(image_newlines)
+                image_columns.append((col, col + run.numel()))
+                col += run.numel()
+            out.append(TokenLayout(seq_len=ids.shape[1], first_position=first, image_positions=torch.cat(positions),
+                                   text_positions=text_pos, grids=grids, newline_columns=newlines,
+                                   image_columns=image_columns))
+        return out
 
     # -- modules ------------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -75,6 +108,15 @@ class Adapter:
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return self.language_model(model).layers
+
+
+def per_sample(items: list, images_per_sample: list[int]) -> list[list]:
+    """Cut a flat per-image list (images of all samples in order) into one list per sample."""
+    out, start = [], 0
+    for n in images_per_sample:
+        out.append(items[start:start + n])
+        start += n
+    return out
 
 
 def split_images(image_pos: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-from ..errors import UnsupportedModelError
-from .adapter import split_images
-from .layout import Grid, TokenLayout, text_after_images
+from .adapter import per_sample
+from .layout import Grid
 from .llava import LlavaAdapter
 
 
@@ -27,7 +26,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def tile_grid_shape(self, config, image_size) -> tuple[int, int]:
         """Unpadded (rows, cols) of the tile canvas for an original (height, width), via the model's own code."""
-        side = config.vision_config.image_size // config.vision_config.patch_size
+        side = self.base_side(config)
         n_rows, n_cols = get_anyres_image_grid_shape(
             image_size, config.image_grid_pinpoints, config.vision_config.image_size
         )
@@ -35,38 +34,20 @@ class LlavaNextAdapter(LlavaAdapter):
         unpadded = unpad_image(canvas, torch.as_tensor(image_size))
         return int(unpadded.shape[1]), int(unpadded.shape[2])
 
-    def layouts(self, model_inputs, config, images_per_sample):
-        if config.vision_feature_select_strategy != "default":
-            raise UnsupportedModelError("vtanalysis supports LLaVA-NeXT with vision_feature_select_strategy='default'.")
-        side = config.vision_config.image_size // config.vision_config.patch_size
-        ids, mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        sizes = model_inputs["image_sizes"].tolist()
-        out, image_idx = [], 0
-        for b, n_img in enumerate(images_per_sample):
-            first, image_pos, text_pos = text_after_images(ids[b], mask[b], self.image_token_id(config))
-            tile_shapes = [self.tile_grid_shape(config, sizes[image_idx + i]) for i in range(n_img)]
-            image_idx += n_img
-            runs = split_images(image_pos, [side * side + h * (w + 1) for h, w in tile_shapes])
-            positions, grids, newlines, image_columns = [], [], [], []
-            col = 0
-            for i, (run, (h, w)) in enumerate(zip(runs, tile_shapes)):
-                rows = run[side * side:].view(h, w + 1)
-                parts = [run[: side * side], rows[:, :w].flatten(), rows[:, w]]
-                grids.append(Grid(i, "base", (side, side), col, col + side * side))
-                grids.append(Grid(i, "tiles", (h, w), col + side * side, col + side * side + h * w))
-                newlines.extend(range(col + side * side + h * w, col + run.numel()))
-                image_columns.append((col, col + run.numel()))
-                positions.extend(parts)
-                col += run.numel()
-            out.append(
-                TokenLayout(
-                    seq_len=ids.shape[1],
-                    first_position=first,
-                    image_positions=torch.cat(positions),
-                    text_positions=text_pos,
-                    grids=grids,
-                    newline_columns=newlines,
-                    image_columns=image_columns,
-                )
-            )
-        return out
+    def image_specs(self, model_inputs, config, images_per_sample):
+        self.check_strategy(config)
+        shapes = [self.tile_grid_shape(config, size) for size in model_inputs["image_sizes"].tolist()]
+        return per_sample(shapes, images_per_sample)
+
+    def image_tokens(self, tile_shape, config):
+        h, w = tile_shape
+        return self.base_side(config) ** 2 + h * (w + 1)
+
+    def arrange(self, run, tile_shape, config, image, col):
+        side2 = self.base_side(config) ** 2
+        (h, w), side = tile_shape, self.base_side(config)
+        rows = run[side2:].view(h, w + 1)  # each tile row ends with a newline token
+        order = torch.cat([run[:side2], rows[:, :w].flatten(), rows[:, w]])
+        grids = [Grid(image, "base", (side, side), col, col + side2),
+                 Grid(image, "tiles", (h, w), col + side2, col + side2 + h * w)]
+        return order, grids, list(range(col + side2 + h * w, col + run.numel()))

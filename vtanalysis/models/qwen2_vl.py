@@ -5,10 +5,8 @@ merged tokens (m = spatial_merge_size), row-major over the merged grid, frame by
 """
 from __future__ import annotations
 
-import torch
-
-from .adapter import Adapter, split_images
-from .layout import Grid, TokenLayout, text_after_images
+from .adapter import Adapter, per_sample
+from .layout import Grid
 
 
 class Qwen2VLAdapter(Adapter):
@@ -17,43 +15,25 @@ class Qwen2VLAdapter(Adapter):
     model_class = "Qwen2VLForConditionalGeneration"
     has_cls = False  # the Qwen vision tower has no [CLS] token
 
-    def _token(self, processor, attr: str, default: str) -> str:
-        return getattr(processor.tokenizer, attr, None) or default
-
     def manual_prompt(self, processor, question, n_images):
-        start = self._token(processor, "vision_start_token", "<|vision_start|>")
-        end = self._token(processor, "vision_end_token", "<|vision_end|>")
+        start = getattr(processor.tokenizer, "vision_start_token", None) or "<|vision_start|>"
+        end = getattr(processor.tokenizer, "vision_end_token", None) or "<|vision_end|>"
         return (start + processor.image_token + end) * n_images + question
 
-    def layouts(self, model_inputs, config, images_per_sample):
+    def image_specs(self, model_inputs, config, images_per_sample):
         merge = config.vision_config.spatial_merge_size
-        thw = model_inputs["image_grid_thw"].tolist()
-        ids, mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        out, image_idx = [], 0
-        for b, n_img in enumerate(images_per_sample):
-            first, image_pos, text_pos = text_after_images(ids[b], mask[b], self.image_token_id(config))
-            shapes = thw[image_idx: image_idx + n_img]
-            image_idx += n_img
-            runs = split_images(image_pos, [t * (h // merge) * (w // merge) for t, h, w in shapes])
-            grids, image_columns, col = [], [], 0
-            for i, (t, h, w) in enumerate(shapes):
-                hm, wm = h // merge, w // merge
-                image_columns.append((col, col + t * hm * wm))
-                for frame in range(t):
-                    name = "image" if t == 1 else f"frame{frame}"
-                    grids.append(Grid(i, name, (hm, wm), col, col + hm * wm))
-                    col += hm * wm
-            out.append(
-                TokenLayout(
-                    seq_len=ids.shape[1],
-                    first_position=first,
-                    image_positions=torch.cat(runs),
-                    text_positions=text_pos,
-                    grids=grids,
-                    image_columns=image_columns,
-                )
-            )
-        return out
+        merged = [(t, h // merge, w // merge) for t, h, w in model_inputs["image_grid_thw"].tolist()]
+        return per_sample(merged, images_per_sample)
+
+    def image_tokens(self, thw, config):
+        t, h, w = thw
+        return t * h * w
+
+    def arrange(self, run, thw, config, image, col):
+        t, h, w = thw
+        grids = [Grid(image, "image" if t == 1 else f"frame{f}", (h, w), col + f * h * w, col + (f + 1) * h * w)
+                 for f in range(t)]
+        return run, grids, []
 
 
 class Qwen25VLAdapter(Qwen2VLAdapter):

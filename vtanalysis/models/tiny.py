@@ -7,6 +7,7 @@ config.json so tests can run the published processor files on a random model of 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import transformers
@@ -125,14 +126,14 @@ def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn
 
 
 def scale_down_config(config: dict, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                      vision_hidden: int = 32, vision_layers: int = 2) -> dict:
+                      intermediate: int | None = None, vision_hidden: int = 32, vision_layers: int = 2) -> dict:
     """Shrink a real model's config.json dict (depth and widths only) for a random-weight copy.
 
     Keeps the vocabulary, image size, patch size, token ids and grid settings, so the real
     processor produces real token counts. Sets float32 for exact comparisons.
     """
     cfg = copy.deepcopy(config)
-    text_keys = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    text_keys = dict(hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, num_key_value_heads=kv_heads)
     for scope in (cfg, cfg.get("text_config")):
         if scope is None:
@@ -156,3 +157,48 @@ def scale_down_config(config: dict, *, hidden: int = 64, layers: int = 2, heads:
                       num_hidden_layers=vision_layers + 1, num_attention_heads=2)
     cfg["torch_dtype"] = "float32"
     return cfg
+
+
+# Processor settings that LLaVA-NeXT keeps in processor_config.json (absent from some published folders).
+NEXT_PROCESSOR_KWARGS = dict(patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def real_config(folder) -> dict:
+    """The config.json dict of a released model's folder; for a LLaVA-NeXT folder without one,
+    transformers' LlavaNextConfig with a Mistral-7B text config and the folder's grid pinpoints."""
+    import json
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return json.loads((folder / "config.json").read_text())
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    if pre.get("processor_class") != "LlavaNextProcessor":
+        raise ValueError(f"'{folder}' has no config.json; only LLaVA-NeXT folders can do without one.")
+    added = json.loads((folder / "added_tokens.json").read_text())
+    text = transformers.MistralConfig(vocab_size=max(added.values()) + 1, sliding_window=None).to_dict()
+    return transformers.LlavaNextConfig(text_config=text, image_token_id=added["<image>"],
+                                        image_grid_pinpoints=pre["image_grid_pinpoints"], vision_feature_layer=-2,
+                                        vision_feature_select_strategy="default").to_dict()
+
+
+def from_real_files(folder, *, seed: int = 0, device="cpu", dtype=torch.float32, attn_implementation: str = "sdpa",
+                    **scale) -> VLM:
+    """A random-weight model on a released model's config and processor files (no weights needed).
+
+    `scale` goes to `scale_down_config` (hidden, layers, heads, kv_heads, intermediate, ...):
+    depth and widths shrink, while vocabulary, image size, patch size, token ids and grid
+    settings stay real, so the real processor gives real token counts.
+    """
+    config = transformers.AutoConfig.for_model(**scale_down_config(real_config(folder), **scale))
+    config.text_config._attn_implementation = attn_implementation
+    adapter = adapter_for(config)
+    torch.manual_seed(seed)
+    torch.set_default_dtype(dtype)
+    try:
+        model = getattr(transformers, adapter.model_class)(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.set_attn_implementation(attn_implementation)
+    extra = NEXT_PROCESSOR_KWARGS if adapter.model_class == "LlavaNextForConditionalGeneration" else {}
+    processor = transformers.AutoProcessor.from_pretrained(folder, **extra)
+    return VLM(model.to(device), processor, adapter, name=f"random-{Path(folder).name}")

@@ -1,0 +1,24 @@
+"""The reference every collector test compares against: eager attention with output_attentions=True."""
+import torch
+
+
+def eager_attentions(vlm, batch):
+    """Per-layer full attention maps, list of [B, H, L, L], from an eager forward of the same model."""
+    vlm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return vlm.model(**batch.model_inputs, output_attentions=True).attentions
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
+
+
+def assert_rows_equal_eager(vlm, batch, rec, atol=1e-5):
+    """Every recorded head-mean text->image and text->text row equals the eager row."""
+    ref = eager_attentions(vlm, batch)
+    for b, lay in enumerate(batch.layouts):
+        assert rec[b].text_to_image.shape == (len(rec.layers), lay.n_text, lay.n_image_tokens)
+        assert rec[b].text_to_text.shape == (len(rec.layers), lay.n_text, lay.n_text)
+        for i, layer in enumerate(rec.layers):
+            rows = ref[layer][b].mean(0)[lay.text_positions]
+            torch.testing.assert_close(rec[b].text_to_image[i], rows[:, lay.image_positions], atol=atol, rtol=0)
+            torch.testing.assert_close(rec[b].text_to_text[i], rows[:, lay.text_positions], atol=atol, rtol=0)
