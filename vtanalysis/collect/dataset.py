@@ -118,7 +118,7 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(data)[:limit]
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
-    meta = {"model": vlm.name, "layers": wanted, "data": str(Path(data).resolve())}
+    meta = {"model": vlm.name, "layers": wanted, "data": str(data)}
     maps, done, offset = MeanMaps(), [], 0
     if (out / STATE).exists():
         maps, done, offset, old = _load_state(out)
