@@ -1,0 +1,69 @@
+"""AdaFV (Han et al., "Rethinking Visual-Language Alignment...", Sec. 3.3, eqs. 4-11).
+
+Two rankings of image tokens: T2I similarity (text-to-image cosine of the LLM's input
+embeddings x 100, softmax over image tokens, max over text tokens, eq. 4) and visual saliency
+(the vision tower's [CLS] attention at the projector's feature layer, head-mean = FasterVLM).
+Each ranking is first guaranteed `min_share` of the budget (the authors' budget_thres = 0.25);
+the rest is split k1 + k2 to maximise (sum of the next k1 T2I scores) x (sum of the next k2
+saliency scores), searched exhaustively with prefix sums (eqs. 7-11). Runs before the LLM.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def t2i_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
+    """Paper eq. 4: max over text tokens of softmax_over_images(100 * cos(text, image)).
+
+    Args: text_embeds [T, D] (LLM input embeddings of the instruction), image_embeds [N, D]
+    (projected image tokens). Returns [N].
+    """
+    t = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
+    v = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
+    return torch.softmax(temperature * t @ v.T, dim=-1).max(dim=0).values
+
+
+def split_budget(t2i_sorted: torch.Tensor, sal_sorted: torch.Tensor, remaining: int) -> int:
+    """k1 in [0, remaining] maximising (sum of t2i_sorted[:k1]) * (sum of sal_sorted[:remaining-k1]) (eqs. 7-11)."""
+    zero = torch.zeros(1, dtype=torch.float64)
+    a = torch.cat([zero, t2i_sorted.double().cumsum(0)])
+    b = torch.cat([zero, sal_sorted.double().cumsum(0)])
+    k1 = torch.arange(remaining + 1)
+    valid = (k1 < a.numel()) & (remaining - k1 < b.numel())
+    value = torch.full((remaining + 1,), -1.0, dtype=torch.float64)
+    value[valid] = a[k1[valid]] * b[remaining - k1[valid]]
+    return int(torch.argmax(value))
+
+
+def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: float = 0.25) -> torch.Tensor:
+    """Self-adaptive cross-modality attention mixture (SACMAM).
+
+    Args:
+        t2i: [N] T2I similarity scores.
+        saliency: [N] visual saliency ([CLS] attention).
+        keep: budget, 1 <= keep <= N.
+        min_share: fraction of the budget each ranking gets first.
+    Returns:
+        LongTensor [keep], ascending, no duplicates. Where both rankings pick the same token (the
+        authors' code keeps the duplicate), the freed slots go to the next best of the two
+        rankings in turn, T2I first.
+    """
+    n = t2i.numel()
+    floor = int(keep * min_share)
+    t_order = torch.argsort(t2i, descending=True)
+    s_order = torch.argsort(saliency, descending=True)
+    remaining = keep - 2 * floor
+    k1 = split_budget(t2i[t_order[floor:]], saliency[s_order[floor:]], remaining)
+    take_t, take_s = floor + k1, floor + remaining - k1
+    chosen = dict.fromkeys(t_order[:take_t].tolist())
+    chosen.update(dict.fromkeys(s_order[:take_s].tolist()))
+    turn = 0
+    while len(chosen) < min(keep, n):  # fill slots freed by duplicates
+        if turn % 2 == 0 and take_t < n:
+            chosen.setdefault(int(t_order[take_t]))
+            take_t += 1
+        elif take_s < n:
+            chosen.setdefault(int(s_order[take_s]))
+            take_s += 1
+        turn += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long)

@@ -1,0 +1,49 @@
+"""AdaptInfer (Zhang et al.; facts from the authors' public code, see METHODS.md): dynamic
+text-guided scoring of image tokens at each pruning layer, from that layer's own attention.
+
+Text prior per head h, for text token j in T (every token after the image block):
+    w_h(j) = sum_{i in T} A_h[i, j] + sum_{i in T} A_h[j, i] - A_h[j, j]
+Image score:
+    s(v) = sum_h sum_{j in T} w_h(j) * A_h[j, v]
+with A_h the causal softmax attention of head h at the pruning layer (no head averaging, no
+normalisation). LLaVA-1.5-7B schedule: prune after layers 1, 10, 20; positions renumbered.
+"""
+from __future__ import annotations
+
+import torch
+
+SCHEDULE_LAYERS = (1, 10, 20)
+# Kept image tokens per stage for LLaVA-1.5-7B by average budget (authors' presets).
+PRESETS_7B = {128: (290, 72, 18), 64: (133, 27, 3), 48: (80, 24, 2), 32: (40, 12, 0)}
+PRESETS_13B = {128: (300, 94, 30), 64: (148, 40, 5)}
+
+
+def text_prior(attn_tt: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
+    """w_h(j) from text->text attention [H, T, T] (rows = queries). Returns [H, T].
+
+    `mix` = lambda of the optional uniform mix lambda * w + (1 - lambda) * mean(w).
+    """
+    w = attn_tt.sum(dim=1) + attn_tt.sum(dim=2) - torch.diagonal(attn_tt, dim1=1, dim2=2)
+    if mix != 1.0:
+        w = mix * w + (1 - mix) * w.mean(dim=-1, keepdim=True)
+    return w
+
+
+def scores_from_rows(attn_tt: torch.Tensor, attn_tv: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
+    """s(v) from per-head text rows: attn_tt [H, T, T] and attn_tv [H, T, V]. Returns [V]."""
+    w = text_prior(attn_tt.float(), mix)
+    return torch.einsum("ht,htv->v", w, attn_tv.float())
+
+
+def scores(attn: torch.Tensor, text_idx: torch.Tensor, image_idx: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
+    """AdaptInfer image-token scores from one layer's full attention.
+
+    Args:
+        attn: [H, S, S] causal softmax attention of the pruning layer (rows = queries).
+        text_idx: [T] positions of the text tokens.
+        image_idx: [V] positions of the (still kept) image tokens.
+    Returns:
+        [V] scores; keep the top-k.
+    """
+    rows = attn[:, text_idx]
+    return scores_from_rows(rows[:, :, text_idx], rows[:, :, image_idx], mix)
