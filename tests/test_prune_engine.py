@@ -1,0 +1,192 @@
+"""The pruning engine inside real inference (pruning issue, 'Done when' 1 and 3).
+
+- keep = all tokens: every in-LLM method's logits equal the unpruned logits;
+- in-LLM FastV equals a hand-built forward that drops tokens after layer K with original positions;
+- 5 generated tokens with the KV cache equal those without it;
+- a batch of 3 equals 3 single runs.
+"""
+import pytest
+import torch
+
+import vtanalysis as vta
+from conftest import QUESTIONS
+from vtanalysis import prune
+from vtanalysis.models import tiny
+
+
+@pytest.fixture(scope="module", params=tiny.FAMILIES)
+def vlm4(request):
+    return tiny.build(request.param, seed=1, num_layers=4)
+
+
+KEEP_ALL = {
+    "fastv": dict(keep=1.0),
+    "adaptprune": dict(keep=1.0),
+    "random": dict(keep=1.0),
+    "max-3x3": dict(keep=1.0),
+    "pyramiddrop": dict(keep=1.0, ratios=(1.0, 1.0, 1.0)),
+    "adaptinfer": dict(keep=1.0, counts=[10**6, 10**6]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(KEEP_ALL))
+def test_keep_all_equals_unpruned(vlm4, images, method):
+    batch = vlm4.prepare(images, QUESTIONS)
+    base = prune.run(vlm4, batch, "none", max_new_tokens=3)
+    knobs = dict(KEEP_ALL[method])
+    if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen"):
+        knobs["positions"] = "original"
+    res = prune.run(vlm4, batch, method, max_new_tokens=3, **knobs)
+    assert res.stage_layers, "the method must actually run its stages"
+    torch.testing.assert_close(res.logits, base.logits, atol=1e-5, rtol=0)
+    assert torch.equal(res.token_ids, base.token_ids)
+    assert res.flops_ratio == pytest.approx(1.0)
+
+
+def _lm_inputs(vlm, batch):
+    """inputs_embeds and position ids exactly as the model hands them to its language model."""
+    lm = vlm.adapter.language_model(vlm.model)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def grab(module, args, kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        vlm.model(**batch.model_inputs)
+    except Stop:
+        pass
+    finally:
+        handle.remove()
+    embeds = seen["inputs_embeds"]
+    pos = seen.get("position_ids")
+    if pos is None:
+        pos = torch.arange(embeds.shape[1])[None]
+    return lm, embeds, pos
+
+
+@torch.no_grad()
+def fastv_reference(vlm, batch, layer, keep):
+    """Hand-built FastV: layers < K on all tokens; scores from layer K-1's eager attention weights;
+    layers >= K on the kept tokens with their original rotary positions (batch of one, no padding)."""
+    lm, h, pos = _lm_inputs(vlm, batch)
+    lay = batch.layouts[0]
+    cos, sin = lm.rotary_emb(h, position_ids=pos)
+    n = h.shape[1]
+    causal = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]
+    for l in range(layer):
+        block = lm.layers[l]
+        if l == layer - 1:
+            vlm.model.set_attn_implementation("eager")
+            _, weights = block.self_attn(hidden_states=block.input_layernorm(h), position_embeddings=(cos, sin),
+                                         attention_mask=causal)
+            vlm.model.set_attn_implementation("sdpa")
+        h = block(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=pos)
+    scores = weights[0, :, -1, lay.image_positions].mean(0)
+    kept_cols = torch.topk(scores, keep).indices.sort().values
+    kept_img = lay.image_positions[kept_cols]
+    is_kept = torch.ones(n, dtype=torch.bool)
+    is_kept[lay.image_positions] = False
+    is_kept[kept_img] = True
+    idx = is_kept.nonzero().flatten()
+    h, cos, sin = h[:, idx], cos[:, idx], sin[:, idx]
+    for l in range(layer, len(lm.layers)):
+        h = lm.layers[l](h, attention_mask=None, position_embeddings=(cos, sin))
+    logits = vlm.model.lm_head(lm.norm(h))[:, -1]
+    return logits, kept_cols
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_fastv_equals_hand_built_reference(vlm4, images, layer):
+    batch = vlm4.prepare(images[2:], QUESTIONS[2:])
+    n = batch.layouts[0].n_image_tokens
+    keep = max(1, n // 4)
+    want_logits, want_cols = fastv_reference(vlm4, batch, layer, keep)
+    res = prune.run(vlm4, batch, "fastv", keep, layer=layer, max_new_tokens=1)
+    assert torch.equal(res.kept[0][0], want_cols)
+    torch.testing.assert_close(res.logits, want_logits, atol=1e-5, rtol=0)
+    assert res.kept_counts == [[keep]] and res.flops_ratio < 1.0
+
+
+@pytest.mark.parametrize("method,knobs", [("fastv", {"keep": 0.25}), ("adaptprune", {"keep": 0.25}),
+                                          ("pyramiddrop", {"keep": 0.5}), ("adaptinfer", {"keep": 0.3})])
+def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
+    if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen"):
+        knobs = {**knobs, "positions": "original"}
+    batch = vlm4.prepare(images, QUESTIONS)
+    cached = prune.run(vlm4, batch, method, max_new_tokens=5, **knobs)
+    recomputed = prune.run(vlm4, batch, method, max_new_tokens=5, use_cache=False, **knobs)
+    assert cached.token_ids.shape[1] == 5
+    assert torch.equal(cached.token_ids, recomputed.token_ids)
+    for a, b in zip(cached.kept, recomputed.kept):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer"])
+def test_batch_of_three_equals_three_single_runs(vlm4, images, method):
+    knobs = {"positions": "original"} if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen") else {}
+    batch = vlm4.prepare(images, QUESTIONS)
+    together = prune.run(vlm4, batch, method, 0.3, max_new_tokens=4, **knobs)
+    for b in range(3):
+        alone = prune.run(vlm4, vlm4.prepare(images[b:b + 1], QUESTIONS[b:b + 1]), method, 0.3, max_new_tokens=4,
+                          **knobs)
+        for stage in range(len(together.kept)):
+            assert torch.equal(together.kept[stage][b], alone.kept[stage][0])
+        torch.testing.assert_close(together.logits[b], alone.logits[0], atol=1e-4, rtol=0)
+        assert together.answers[b] == alone.answers[0]
+
+
+def test_renumbered_positions_change_the_output_only_when_tokens_are_dropped(images):
+    vlm = tiny.build("llava", seed=2, num_layers=4)
+    batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    orig = prune.run(vlm, batch, "fastv", 0.25, max_new_tokens=1)
+    renum = prune.run(vlm, batch, "fastv", 0.25, max_new_tokens=1, positions="renumber")
+    assert torch.equal(orig.kept[0][0], renum.kept[0][0])
+    assert not torch.allclose(orig.logits, renum.logits)
+
+
+def test_kept_grid_coordinates_and_multi_stage_nesting(images):
+    vlm = tiny.build("llava", seed=3, num_layers=8)
+    batch = vlm.prepare(images[:2], QUESTIONS[:2])
+    res = prune.run(vlm, batch, "pyramiddrop", max_new_tokens=1)
+    assert len(res.stage_layers) == 3 and res.kept_counts == [[32, 32], [16, 16], [8, 8]]
+    for b in range(2):
+        assert set(res.kept[1][b].tolist()) <= set(res.kept[0][b].tolist())
+        assert set(res.kept[2][b].tolist()) <= set(res.kept[1][b].tolist())
+        (grid,) = batch.layouts[b].grids
+        for (gi, r, c), col in zip(res.kept_grid[0][b], res.kept[0][b].tolist()):
+            assert gi == 0 and r * grid.shape[1] + c == col
+
+
+def test_vtw_withdraws_every_image_token(images):
+    vlm = tiny.build("llava", seed=3, num_layers=4)
+    batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    res = prune.run(vlm, batch, "vtw", layer=2, max_new_tokens=2)
+    assert res.kept_counts == [[0]] and res.kept[0][0].numel() == 0
+
+
+def test_select_returns_the_kept_columns(images):
+    vlm = tiny.build("llava", seed=3, num_layers=4)
+    batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    sel = prune.select("fastv", vlm, batch, keep=10)
+    assert len(sel) == 1 and sel[0][0].numel() == 10
+
+
+def test_errors_name_the_problem(images):
+    vlm = tiny.build("llava", seed=3, num_layers=4)
+    batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    with pytest.raises(vta.VTAError, match=r"unknown pruning method 'fastvv'.*adaptinfer.*fastv"):
+        prune.run(vlm, batch, "fastvv")
+    with pytest.raises(vta.VTAError, match="larger than the image"):
+        prune.run(vlm, batch, "fastv", keep=10_000)
+    with pytest.raises(vta.VTAError, match="outside"):
+        prune.run(vlm, batch, "fastv", keep=0.0)
+    with pytest.raises(vta.LayerError, match="pruning layer 9 is out of range"):
+        prune.run(vlm, batch, "fastv", keep=0.5, layer=9)
+    with pytest.raises(vta.VTAError, match="M-RoPE"):
+        qwen = tiny.build("qwen2-vl", num_layers=4)
+        prune.run(qwen, qwen.prepare(images[:1], QUESTIONS[:1]), "fastv", 0.5, positions="renumber")

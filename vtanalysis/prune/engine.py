@@ -1,0 +1,312 @@
+"""Running in-LLM visual-token pruning inside real inference (prefill and generation).
+
+A method prunes in stages. Stage s starts at decoder layer K_s: layers < K_1 see every token,
+layers K_s .. K_{s+1}-1 see the tokens stage s kept. Scores come from layer K_s - 1 during the
+prefill (its post-RoPE queries and keys, through `collect.tap_attention`), and optional keys from
+the hidden states entering layer K_s. The selection is made once, at prefill; decoding steps
+(with or without the KV cache) see the same kept set, as in the official FastV code.
+
+How it attaches: the `forward` of every decoder layer from K_1 on is wrapped for the duration of
+a `with Pruner(...)` block. The wrapper (1) at K_s gathers the hidden states to the kept tokens,
+(2) passes its own additive attention mask (causal by original order, padding, and filler
+tokens masked), and (3) passes rotary embeddings for either the ORIGINAL positions of the kept
+tokens (FastV/AdaptPrune convention) or RENUMBERED ones (each token's position minus the number
+of tokens dropped before it: AdaptInfer/SparseVLM convention). Layers >= K_s cache only the kept
+tokens' keys and values, so the KV cache stays consistent during generation.
+
+Samples of a batch may keep different numbers of tokens (different image sizes); the shorter
+ones are padded with dropped tokens that every query masks out ("fillers").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..collect.rows import attention_rows
+from ..collect.tap import tap_attention
+from ..errors import VTAError
+
+
+@dataclass
+class StageInputs:
+    """What a method's chooser sees for one sample at one stage.
+
+    Attributes:
+        last_row: [n] head-mean attention of the last prompt token over the current image tokens (layer K-1).
+        text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
+        text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
+        keys: [n, D] or None: k_proj of layer K on the hidden states entering it (no norm, no RoPE).
+        columns: [n] layout columns of the current image tokens.
+        grids: [(start, h, w)] in current-image index space, or None once a stage has broken the grids.
+    """
+
+    last_row: torch.Tensor
+    text_to_text: torch.Tensor
+    text_to_image: torch.Tensor
+    keys: torch.Tensor | None
+    columns: torch.Tensor
+    grids: list | None
+
+
+@dataclass
+class Stage:
+    """One pruning stage: layers >= `layer` see `keep(n_current)` image tokens chosen by `choose`."""
+
+    layer: int
+    keep: object  # callable: the sample's original image-token count -> tokens this stage keeps
+    # filled at prefill:
+    sel: torch.Tensor | None = None      # [B, Ls] indices into the previous stage's sequence
+    pos: torch.Tensor | None = None      # [B, Ls] indices into the full (unpruned) sequence
+    valid: torch.Tensor | None = None    # [B, Ls] False for fillers
+    image: list = field(default_factory=list)    # per sample: indices (into this stage's seq) of image tokens
+    columns: list = field(default_factory=list)  # per sample: layout columns of those tokens
+    kept_counts: list = field(default_factory=list)
+
+
+class Pruner:
+    """Context manager that applies pruning stages to `vlm` for every forward pass inside it.
+
+    Args:
+        vlm: a `VLM`.
+        batch: its `VLMInputs`.
+        stages: `Stage`s with increasing `layer` (>= 1).
+        choose: callable(StageInputs, keep: int, stage_index: int) -> LongTensor [keep] of indices
+            into the current image tokens.
+        positions: "original" (kept tokens keep their RoPE positions) or "renumber".
+        needs_keys: compute k_proj keys at each stage's layer (AdaptPrune).
+    """
+
+    def __init__(self, vlm, batch, stages: list[Stage], choose, *, positions: str = "original",
+                 needs_keys: bool = False):
+        if positions not in ("original", "renumber"):
+            raise VTAError(f"positions must be 'original' or 'renumber', not {positions!r}.")
+        if positions == "renumber" and vlm.adapter.family.startswith("qwen"):
+            raise VTAError("positions='renumber' is not defined for Qwen2-VL's M-RoPE (positions encode the image "
+                           "grid); use positions='original'.")
+        layers = [vlm.check_layer(st.layer, "pruning layer") for st in stages]
+        if any(l < 1 for l in layers) or layers != sorted(set(layers)):
+            raise VTAError(f"pruning layers must be increasing and >= 1 (scores come from the layer before), got {layers}.")
+        self.vlm, self.batch, self.stages, self.choose = vlm, batch, stages, choose
+        self.positions, self.needs_keys = positions, needs_keys
+        self.lm = vlm.adapter.language_model(vlm.model)
+        self.layers = vlm.decoder_layers
+        self.device = vlm.device
+        self.prompt_len = batch.model_inputs["input_ids"].shape[1]
+        self.pad2d = None  # [B, total] bool, set at every language-model call
+        self.q_len = 0
+        self._rows = {}
+        self._per_call = {}  # (stage, purpose) -> tensors reused by every layer of a stage in one call
+        self._orig = {}
+
+    # -- context --------------------------------------------------------------------------------
+    def __enter__(self):
+        first = self.stages[0].layer if self.stages else len(self.layers)
+        for l in range(first, len(self.layers)):
+            self._orig[l] = self.layers[l].forward
+            self.layers[l].forward = self._wrap(l, self._orig[l])
+        self._hook = self.lm.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        self._tap_ctx = tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
+                                       for i, st in enumerate(self.stages)})
+        self._tap_ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._tap_ctx.__exit__(*exc)
+        for l, fwd in self._orig.items():
+            self.layers[l].forward = fwd
+        self._hook.remove()
+        return False
+
+    def _on_call(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.q_len = (embeds if embeds is not None else ids).shape[1]
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            self.pad2d = mask.bool().to(self.device)
+        else:  # no padding mask: every token is real
+            total = self.q_len if self.q_len > 1 else self.pad2d.shape[1] + 1
+            self.pad2d = torch.ones(len(self.batch), total, dtype=torch.bool, device=self.device)
+        self._per_call = {}
+
+    @property
+    def decoding(self) -> bool:
+        return self.q_len == 1
+
+    # -- scores at layer K-1 --------------------------------------------------------------------
+    def _tap(self, s: int):
+        def callback(module, query, key, attention_mask, scaling):
+            if self.stages[s].sel is not None:  # the selection is made once, at prefill
+                return
+            text_idx = self._text_index(s)
+            width = max(len(t) for t in text_idx)
+            rows = torch.stack([torch.cat([t, t[-1:].expand(width - len(t))]) for t in text_idx])
+            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, rows), text_idx)
+        return callback
+
+    def _prev(self, s: int):
+        """(pos [B, L], valid [B, L], image index per sample, columns per sample) entering stage s."""
+        if s > 0:
+            p = self.stages[s - 1]
+            return p.pos, p.valid, p.image, p.columns
+        b, length = len(self.batch), self.prompt_len
+        pos = torch.arange(length, device=self.device).expand(b, length)
+        valid = torch.ones(b, length, dtype=torch.bool, device=self.device)
+        image = [lay.image_positions.to(self.device) for lay in self.batch.layouts]
+        columns = [torch.arange(lay.n_image_tokens) for lay in self.batch.layouts]
+        return pos, valid, image, columns
+
+    def _text_index(self, s: int) -> list[torch.Tensor]:
+        pos = self._prev(s)[0]
+        return [torch.searchsorted(pos[b].contiguous(), lay.text_positions.to(self.device))
+                for b, lay in enumerate(self.batch.layouts)]
+
+    # -- the wrapped decoder layer ---------------------------------------------------------------
+    def _stage_of(self, l: int) -> int:
+        return max(i for i, st in enumerate(self.stages) if st.layer <= l)
+
+    def _wrap(self, l: int, forward):
+        def wrapped(hidden_states, *args, attention_mask=None, position_ids=None, position_embeddings=None, **kwargs):
+            s = self._stage_of(l)
+            stage = self.stages[s]
+            if l == stage.layer and not self.decoding:
+                if stage.sel is None:
+                    self._select(s, hidden_states)
+                hidden_states = gather_seq(hidden_states, self._tail(s, stage.sel, hidden_states.shape[1]))
+            mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
+            rope, ids = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
+            return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
+        return wrapped
+
+    def _cached(self, s: int, what: str, make):
+        key = (s, what)
+        if key not in self._per_call:
+            self._per_call[key] = make()
+        return self._per_call[key]
+
+    def _prompt_len_of(self, s: int) -> int:
+        """Length of the prompt part of the sequence entering stage s."""
+        return self.prompt_len if s == 0 else self.stages[s - 1].sel.shape[1]
+
+    def _tail(self, s: int, base: torch.Tensor, prev_len: int) -> torch.Tensor:
+        """Stage index tensor extended with tokens generated after the prompt (no-cache generation
+        re-runs the whole sequence; generated tokens are always kept)."""
+        start = self._prompt_len_of(s)
+        extra = prev_len - start
+        if extra <= 0:
+            return base
+        tail = torch.arange(start, start + extra, device=base.device).expand(base.shape[0], extra)
+        return torch.cat([base, tail], dim=1)
+
+    def _select(self, s: int, hidden: torch.Tensor) -> None:
+        """Choose every sample's kept image tokens for stage s and build the stage's index tensors."""
+        stage = self.stages[s]
+        probs, text_idx = self._rows.pop(s)  # [B, H, R, Lk]
+        pos_prev, valid_prev, image_prev, cols_prev = self._prev(s)
+        k_proj = self.layers[stage.layer].self_attn.k_proj
+        chosen_all = []
+        for b, lay in enumerate(self.batch.layouts):
+            img = image_prev[b]
+            p = probs[b, :, : len(text_idx[b])].float()
+            keys = None
+            if self.needs_keys:
+                with torch.no_grad():
+                    keys = k_proj(hidden[b, img]).float().cpu()
+            inputs = StageInputs(
+                last_row=p[:, -1, img].mean(0).cpu(), text_to_text=p[:, :, text_idx[b]].cpu(),
+                text_to_image=p[:, :, img].cpu(), keys=keys, columns=cols_prev[b],
+                grids=[(g.start, *g.shape) for g in lay.grids] if s == 0 else None)
+            k = min(stage.keep(lay.n_image_tokens), len(img))
+            chosen = self.choose(inputs, k, s).cpu().sort().values
+            if chosen.numel() != k or chosen.unique().numel() != k:
+                raise RuntimeError(f"a selection returned {chosen.numel()} indices ({chosen.unique().numel()} unique) "
+                                   f"for keep={k}")
+            chosen_all.append(chosen)
+        # real tokens kept per sample (fillers of an earlier stage are not real)
+        kept_len = [int(valid_prev[b].sum()) - len(img) + len(ch)
+                    for b, (img, ch) in enumerate(zip(image_prev, chosen_all))]
+        new_len = max(kept_len)
+        sels, valids, images, columns = [], [], [], []
+        for b, chosen in enumerate(chosen_all):
+            img = image_prev[b]
+            keep_mask = valid_prev[b].clone()
+            keep_mask[img] = False
+            keep_mask[img[chosen.to(self.device)]] = True
+            take = keep_mask.clone()
+            take[(~keep_mask).nonzero().flatten()[: new_len - kept_len[b]]] = True  # fillers pad short samples
+            sel = take.nonzero().flatten()
+            sels.append(sel)
+            valids.append(keep_mask[sel])
+            images.append(torch.searchsorted(sel, img[chosen.to(self.device)]))
+            columns.append(cols_prev[b][chosen])
+        stage.sel = torch.stack(sels)
+        stage.pos = pos_prev.gather(1, stage.sel)
+        stage.valid = torch.stack(valids) & valid_prev.gather(1, stage.sel)
+        stage.image, stage.columns = images, columns
+        stage.kept_counts = [len(c) for c in columns]
+
+    # -- masks and positions ------------------------------------------------------------------------
+    def _keys_ok(self, s: int) -> torch.Tensor:
+        """[B, Ls + generated]: keys of stage s's sequence that queries may attend to."""
+        stage = self.stages[s]
+        prompt = stage.valid & self.pad2d.gather(1, stage.pos)
+        return torch.cat([prompt, self.pad2d[:, self.prompt_len:]], dim=1)
+
+    def _mask(self, s: int, dtype) -> torch.Tensor:
+        """Additive mask [B, 1, q, keys]: causal in kept order, padding and fillers masked."""
+        ok = self._keys_ok(s)
+        if self.decoding:
+            allowed = ok[:, None, None, :]
+        else:
+            n = ok.shape[1]
+            eye = torch.eye(n, dtype=torch.bool, device=ok.device)
+            allowed = ((torch.tril(torch.ones(n, n, dtype=torch.bool, device=ok.device)) & ok[:, None, :]) | eye)[:, None]
+        return torch.zeros((), dtype=dtype, device=ok.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def _rope(self, s, position_embeddings, position_ids, hidden):
+        """(cos, sin) and position ids for stage s's tokens."""
+        stage = self.stages[s]
+        b = stage.pos.shape[0]
+        if self.positions == "original":
+            if self.decoding:
+                return position_embeddings, position_ids
+            pos = self._tail_pos(s)
+            cos, sin = position_embeddings
+            ids = gather_seq(position_ids, pos) if position_ids is not None else None
+            return (gather_seq(cos, pos), gather_seq(sin, pos)), ids
+        orig = position_ids.expand(b, -1)
+        if self.decoding:
+            dropped = self.prompt_len - stage.valid.sum(1)
+            ids = orig - dropped[:, None]
+        else:
+            pos = self._tail_pos(s)
+            extra = pos.shape[1] - stage.pos.shape[1]
+            valid = torch.cat([stage.valid, torch.ones(b, extra, dtype=torch.bool, device=pos.device)], dim=1)
+            dropped_before = pos - (valid.cumsum(1) - valid.long())
+            ids = gather_seq(orig, pos) - dropped_before
+        return self.lm.rotary_emb(hidden, position_ids=ids), ids
+
+    def _tail_pos(self, s: int) -> torch.Tensor:
+        """Full-sequence indices of stage s's tokens, with generated tokens appended (no-cache runs)."""
+        stage = self.stages[s]
+        extra = self.q_len - self.prompt_len
+        if extra <= 0:
+            return stage.pos
+        tail = torch.arange(self.prompt_len, self.q_len, device=stage.pos.device).expand(stage.pos.shape[0], extra)
+        return torch.cat([stage.pos, tail], dim=1)
+
+
+def gather_seq(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Gather x [..., B or 1, L, *rest] along its sequence dim by idx [B, L'].
+
+    Handles hidden states [B, L, D], rotary tables [B or 1, L, d] and position ids [B or 1, L]
+    or M-RoPE ids [3, B, L].
+    """
+    idx = idx.to(x.device)
+    if x.dim() == 3 and x.shape[0] in (3, 4) and x.shape[1] == idx.shape[0] and x.shape[2] != idx.shape[0] \
+            and x.dtype in (torch.long, torch.int32):  # M-RoPE ids [3, B, L]
+        return torch.stack([gather_seq(part, idx) for part in x])
+    x = x.expand(idx.shape[0], *x.shape[1:])
+    index = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
+    return x.gather(1, index)

@@ -1,0 +1,225 @@
+"""The registry of pruning methods: what each needs, where it acts, and how it chooses.
+
+Every in-LLM method is a `Method` whose `choose(inputs, keep, stage)` returns indices into the
+current image tokens (see `engine.StageInputs`) and whose `plan(vlm, n_image, keep, **knobs)`
+returns its stages: [(first layer seeing the kept set, tokens kept)].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import VTAError
+from . import adaptinfer, adaptprune, fastv
+from .budget import keep_count
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    where: str                      # "llm": inside the decoder; "pre": before the LLM
+    needs: tuple[str, ...]          # "last_row", "text_rows", "keys", "cls", "embeds"
+    choose: Callable
+    plan: Callable
+    positions: str = "original"     # default position-id convention
+    knobs: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    """The method called `name`; unknown names get an error listing all registered ones."""
+    if name not in _REGISTRY:
+        raise VTAError(f"unknown pruning method '{name}'. Registered methods: {', '.join(methods())}.")
+    return _REGISTRY[name]
+
+
+def methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# -- stage plans ------------------------------------------------------------------------------------
+def single_stage(default_layer: int):
+    """One stage at `layer` (default `default_layer`, clipped to the model's depth) keeping `keep`."""
+    def plan(vlm, n_image, keep, layer=None, **_):
+        k = layer if layer is not None else min(default_layer, vlm.num_layers - 1)
+        return [(k, keep_count(keep, n_image))]
+    return plan
+
+
+def no_stage(vlm, n_image, keep, **_):
+    return []
+
+
+def scaled_layers(vlm, layers_of_32: tuple[int, ...]) -> list[int]:
+    """A 32-layer schedule mapped proportionally onto this model's depth (>= 1, increasing, unique)."""
+    depth = vlm.num_layers
+    if depth == 32:
+        return list(layers_of_32)
+    out = []
+    for l in layers_of_32:
+        k = min(max(1, round(l * depth / 32)), depth - 1)
+        if not out or k > out[-1]:
+            out.append(k)
+    return out
+
+
+def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
+    """AdaptInfer's multi-stage schedule.
+
+    Defaults: prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other depths) with
+    the authors' LLaVA-1.5-7B per-stage counts. `keep` as an int picks the preset of that average
+    budget (128, 64, 48 or 32); as a ratio, the preset nearest to keep * 576 with counts scaled by
+    n_image / 576. `counts` overrides the per-stage kept counts; `layers` the stage layers.
+    """
+    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
+    if counts is None:
+        presets = adaptinfer.PRESETS_7B
+        if isinstance(keep, int) and keep in presets:
+            counts = presets[keep]
+        else:
+            ratio = keep_count(keep, n_image) / n_image
+            budget = min(presets, key=lambda b: abs(b / 576 - ratio))
+            counts = [round(c * n_image / 576) for c in presets[budget]]
+        counts = list(counts)[: len(stage_layers)]
+    if len(counts) != len(stage_layers):
+        raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
+    counts = [min(c, n_image) for c in counts]
+    if any(b > a for a, b in zip(counts, counts[1:])):
+        raise VTAError(f"AdaptInfer stage counts must not grow: {counts}.")
+    return list(zip(stage_layers, counts))
+
+
+def pyramid_plan(vlm, n_image, keep, layers=None, ratios=(0.5, 0.25, 0.125), **_):
+    """PyramidDrop: stages at layers 8, 16, 24 (of 32) keeping 50 %, 25 %, 12.5 % of the image tokens."""
+    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (8, 16, 24))
+    return [(l, max(1, int(n_image * r))) for l, r in zip(stage_layers, ratios)]
+
+
+def vtw_plan(vlm, n_image, keep, layer=None, **_):
+    """VTW: withdraw every image token at layer k (15 of 32 for LLaVA-1.5-7B)."""
+    k = layer if layer is not None else scaled_layers(vlm, (15,))[0]
+    return [(k, 0)]
+
+
+# -- choosers ---------------------------------------------------------------------------------------
+def choose_fastv(inputs, keep, stage):
+    return fastv.select(inputs.last_row, keep)
+
+
+def choose_adaptprune(center_sigma=12.0, sigma_d=1.5, sigma_s=0.05, window=5.0):
+    def choose(inputs, keep, stage):
+        if inputs.grids is None:
+            raise VTAError("AdaptPrune needs intact image grids: it prunes in a single stage.")
+        return adaptprune.select(inputs.last_row, inputs.keys, inputs.grids, keep, center_sigma=center_sigma,
+                                 sigma_d=sigma_d, sigma_s=sigma_s, window=window)
+    return choose
+
+
+def choose_adaptinfer(inputs, keep, stage):
+    scores = adaptinfer.scores_from_rows(inputs.text_to_text, inputs.text_to_image)
+    return fastv.select(scores, keep)
+
+
+def choose_pyramid(inputs, keep, stage):
+    last = inputs.text_to_image[:, -1]  # [H, n]: softmax renormalised over image keys, head-mean
+    return fastv.select((last / last.sum(-1, keepdim=True).clamp_min(1e-12)).mean(0), keep)
+
+
+def choose_none(inputs, keep, stage):
+    return torch.arange(keep)
+
+
+def choose_random(inputs, keep, stage):
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(len(inputs.columns), generator=g)[:keep].sort().values
+
+
+def choose_last(inputs, keep, stage):
+    return torch.arange(len(inputs.columns) - keep, len(inputs.columns))
+
+
+def _on_grids(inputs, transform):
+    """Apply `transform(map [h, w]) -> [h, w]` to last-row scores grid by grid (other columns unchanged)."""
+    scores = inputs.last_row.clone()
+    for start, h, w in inputs.grids or []:
+        scores[start:start + h * w] = transform(scores[start:start + h * w].view(h, w)).flatten()
+    return scores
+
+
+def choose_avgpool(inputs, keep, stage):
+    """Table 5: 3x3 stride-1 average pooling of the scores, then top-k."""
+    pooled = _on_grids(inputs, lambda m: F.avg_pool2d(m[None, None], 3, 1, 1, count_include_pad=False)[0, 0])
+    return fastv.select(pooled, keep)
+
+
+def _one_per_block(inputs, keep, pick):
+    """Table 5: one candidate per 3x3 block (by `pick`), then the top-k candidates by score."""
+    scores = inputs.last_row
+    candidates = torch.zeros_like(scores, dtype=torch.bool)
+    for start, h, w in inputs.grids or []:
+        for y in range(0, h, 3):
+            for x in range(0, w, 3):
+                cells = torch.tensor([start + yy * w + xx for yy in range(y, min(y + 3, h)) for xx in range(x, min(x + 3, w))])
+                candidates[cells[pick(scores[cells])]] = True
+    if int(candidates.sum()) < keep:  # fewer blocks than the budget: fill by score
+        rest = fastv.select(scores.masked_fill(candidates, float("-inf")), keep - int(candidates.sum()))
+        candidates[rest] = True
+    return fastv.select(scores.masked_fill(~candidates, float("-inf")), keep)
+
+
+def choose_max_block(inputs, keep, stage):
+    return _one_per_block(inputs, keep, lambda s: int(torch.argmax(s)))
+
+
+def choose_random_block(inputs, keep, stage):
+    g = torch.Generator().manual_seed(0)
+    return _one_per_block(inputs, keep, lambda s: int(torch.randint(len(s), (1,), generator=g)))
+
+
+def choose_skip(inputs, keep, stage):
+    """Table 5 'skip': every other token of the top-2k ranking."""
+    order = torch.argsort(inputs.last_row, descending=True)
+    picks = order[: 2 * keep: 2]
+    if len(picks) < keep:
+        picks = torch.cat([picks, order[1::2][: keep - len(picks)]])
+    return picks.sort().values
+
+
+for m in [
+    Method("none", "no pruning, through the same path (the baseline)", "llm", (), choose_none, no_stage),
+    Method("fastv", "FastV: top-k of layer K-1 last-row attention (K=2)", "llm", ("last_row",), choose_fastv,
+           single_stage(fastv.LAYER)),
+    Method("adaptprune", "AdaptPrune: corrected attention + adaptive NMS over distance and key similarity",
+           "llm", ("last_row", "keys"), choose_adaptprune(), single_stage(adaptprune.LAYER)),
+    Method("adaptprune-correction", "AdaptPrune ablation (Table 4 b): Gaussian correction only", "llm",
+           ("last_row",), choose_adaptprune(sigma_d=0.0, sigma_s=None), single_stage(adaptprune.LAYER)),
+    Method("adaptprune-distance", "AdaptPrune ablation (Table 4 c): correction + distance decay", "llm",
+           ("last_row",), choose_adaptprune(sigma_s=None), single_stage(adaptprune.LAYER)),
+    Method("random", "Table 5: random tokens", "llm", (), choose_random, single_stage(adaptprune.LAYER)),
+    Method("random-3x3", "Table 5: a random token per 3x3 block, then top-k", "llm", ("last_row",),
+           choose_random_block, single_stage(adaptprune.LAYER)),
+    Method("max-3x3", "Table 5: the best token per 3x3 block, then top-k", "llm", ("last_row",), choose_max_block,
+           single_stage(adaptprune.LAYER)),
+    Method("avgpool-3x3", "Table 5: 3x3 average-pooled scores, then top-k", "llm", ("last_row",), choose_avgpool,
+           single_stage(adaptprune.LAYER)),
+    Method("skip", "Table 5: every other token of the top 2k", "llm", ("last_row",), choose_skip,
+           single_stage(adaptprune.LAYER)),
+    Method("last-k", "Table 5: the last k image tokens", "llm", (), choose_last, single_stage(adaptprune.LAYER)),
+    Method("adaptinfer", "AdaptInfer: text-prior-weighted attention, multi-stage schedule", "llm",
+           ("text_rows",), choose_adaptinfer, adaptinfer_plan, positions="renumber"),
+    Method("pyramiddrop", "PyramidDrop: last instruction token's image attention at 3 stages", "llm",
+           ("text_rows",), choose_pyramid, pyramid_plan),
+    Method("vtw", "VTW: withdraw all image tokens at layer k", "llm", (), choose_none, vtw_plan),
+]:
+    register(m)

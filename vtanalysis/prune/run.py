@@ -1,0 +1,153 @@
+"""`run` and `select`: pruning inside real inference, with the answer, the kept tokens, FLOPs and timings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import VTAError
+from .engine import Pruner, Stage
+from .flops import prefill_flops
+from .methods import get
+
+
+@dataclass
+class RunResult:
+    """What one pruned (or `none`) inference produced.
+
+    Attributes:
+        answers: one decoded string per sample.
+        token_ids: LongTensor [B, new tokens] generated ids.
+        logits: [B, vocab] logits of the first answer token (prefill, last position).
+        stage_layers: first decoder layer of each stage.
+        kept: per stage, per sample: LongTensor of kept layout columns (image-token columns).
+        kept_grid: per stage, per sample: list of (grid index, row, col) of kept grid tokens.
+        flops, flops_unpruned: per-sample prefill FLOPs (formula in `prune.flops`), and their ratio.
+        prefill_s, decode_s: wall time of the prefill call and of all decoding steps.
+    """
+
+    method: str
+    answers: list[str]
+    token_ids: torch.Tensor
+    logits: torch.Tensor
+    stage_layers: list[int]
+    kept: list[list[torch.Tensor]]
+    kept_grid: list[list[list[tuple[int, int, int]]]]
+    flops: list[int]
+    flops_unpruned: list[int]
+    prefill_s: float
+    decode_s: float
+    kept_counts: list[list[int]] = field(default_factory=list)
+
+    @property
+    def flops_ratio(self) -> float:
+        return sum(self.flops) / sum(self.flops_unpruned)
+
+
+def _stages(vlm, batch, method, keep, knobs) -> list[Stage]:
+    """The method's stages; each sample's budget is planned on its own image-token count."""
+    counts = {lay.n_image_tokens for lay in batch.layouts}
+    plans = {n: method.plan(vlm, n, keep, **knobs) for n in counts}
+    layers = [layer for layer, _ in plans[min(counts)]]
+    if any([layer for layer, _ in p] != layers for p in plans.values()):
+        raise VTAError(f"method '{method.name}' planned different layers for different image sizes.")
+    return [Stage(layer, lambda n, i=i: plans[n][i][1]) for i, layer in enumerate(layers)]
+
+
+def _grid_coords(layout, columns: torch.Tensor) -> list[tuple[int, int, int]]:
+    out = []
+    for c in columns.tolist():
+        for gi, g in enumerate(layout.grids):
+            if g.start <= c < g.stop:
+                out.append((gi, *divmod(c - g.start, g.shape[1])))
+                break
+    return out
+
+
+class _Timer:
+    """Wall time of each language-model call (the first is the prefill)."""
+
+    def __init__(self, module, device):
+        self.times, self.device = [], device
+        self.pre = module.register_forward_pre_hook(self._start)
+        self.post = module.register_forward_hook(self._stop)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _start(self, *_):
+        self._sync()
+        self.t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self._sync()
+        self.times.append(time.perf_counter() - self.t0)
+
+    def remove(self):
+        self.pre.remove()
+        self.post.remove()
+
+
+def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_tokens: int = 8,
+        use_cache: bool = True, positions: str | None = None, **knobs) -> RunResult:
+    """Generate answers with `method` pruning the image tokens inside the model.
+
+    Args:
+        vlm, batch: a `VLM` and its `VLMInputs` (any batch size; left padding).
+        method: a registered name (`prune.methods()`); "none" runs the unpruned model on the same path.
+        keep: a ratio in (0, 1] or a token count (of each sample's image tokens).
+        max_new_tokens: greedy decoding length.
+        use_cache: decode with the KV cache (pruned layers cache only kept tokens).
+        positions: "original" or "renumber" (default: the method's own convention).
+        **knobs: method options, e.g. layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer).
+    """
+    spec = get(method)
+    if spec.where != "llm":
+        raise VTAError(f"method '{method}' acts before the LLM and is not available in this engine yet.")
+    stages = _stages(vlm, batch, spec, keep, knobs)
+    pruner = Pruner(vlm, batch, stages, spec.choose, positions=positions or spec.positions,
+                    needs_keys="keys" in spec.needs)
+    inputs = batch.to(vlm.device).model_inputs
+    tok = vlm.processor.tokenizer
+    timer = _Timer(pruner.lm, vlm.device)
+    try:
+        with pruner, torch.inference_mode():
+            # an answer never contains image placeholders (random test models could emit one)
+            out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
+                                     return_dict_in_generate=True, output_logits=True,
+                                     suppress_tokens=[vlm.adapter.image_token_id(vlm.config)],
+                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    finally:
+        timer.remove()
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    return _result(vlm, batch, method, stages, new, out.logits[0], timer.times)
+
+
+def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
+    cfg = vlm.config.text_config
+    d, m, depth = cfg.hidden_size, cfg.intermediate_size, vlm.num_layers
+    flops, full = [], []
+    for b, lay in enumerate(batch.layouts):
+        real = int(batch.model_inputs["attention_mask"][b].sum())
+        per_layer, n = [], real
+        for l in range(depth):
+            for st in stages:
+                if st.layer == l:
+                    n = real - lay.n_image_tokens + st.kept_counts[b]
+            per_layer.append(n)
+        flops.append(prefill_flops(per_layer, d, m))
+        full.append(prefill_flops([real] * depth, d, m))
+    answers = vlm.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    return RunResult(
+        method=method, answers=[a.strip() for a in answers], token_ids=new_ids.cpu(), logits=logits.float().cpu(),
+        stage_layers=[st.layer for st in stages], kept=[st.columns for st in stages],
+        kept_grid=[[_grid_coords(lay, cols) for lay, cols in zip(batch.layouts, st.columns)] for st in stages],
+        flops=flops, flops_unpruned=full, prefill_s=times[0] if times else 0.0, decode_s=sum(times[1:]),
+        kept_counts=[st.kept_counts for st in stages])
+
+
+def select(name: str, vlm, batch, keep: float | int = 0.25, **knobs) -> list[list[torch.Tensor]]:
+    """Just the selection: per stage, per sample, the kept layout columns (one prefill pass)."""
+    return run(vlm, batch, name, keep, max_new_tokens=1, **knobs).kept
