@@ -33,14 +33,26 @@ def center_prior(grid: tuple[int, int], sigma: float, device=None) -> torch.Tens
     return mask / mask.max()
 
 
-def _window_offsets(window: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (dy, dx) with dy^2 + dx^2 <= window^2, and their squared distances."""
+def _neighbour_table(grid: tuple[int, int], window: float, sigma_d: float, device):
+    """For every token, its neighbours within `window` and their spatial decay factors.
+
+    Returns idx [N, K] and factor [N, K] = exp(-d^2 / (2 sigma_d^2)) (sigma_d = 0 keeps only d = 0).
+    Out-of-grid entries point at the token itself with factor 0; the NMS overwrites a pick's own
+    score right after each step, so those writes are harmless.
+    """
+    h, w = grid
     r = int(math.floor(window))
     dy, dx = torch.meshgrid(torch.arange(-r, r + 1, device=device), torch.arange(-r, r + 1, device=device),
                             indexing="ij")
     d2 = (dy**2 + dx**2).flatten()
     inside = d2 <= window**2
-    return dy.flatten()[inside], dx.flatten()[inside], d2[inside].float()
+    dy, dx, d2 = dy.flatten()[inside], dx.flatten()[inside], d2[inside].float()
+    yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ny, nx = yy.flatten()[:, None] + dy, xx.flatten()[:, None] + dx
+    ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    idx = torch.where(ok, ny * w + nx, (yy.flatten() * w + xx.flatten())[:, None].expand_as(ny))
+    spatial = torch.exp(-d2 / (2 * sigma_d**2)) if sigma_d > 0 else (d2 == 0).float()
+    return idx, torch.where(ok, spatial.expand_as(ok), torch.zeros(()))
 
 
 def adaptive_nms(scores: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int], keep: int, *,
@@ -77,27 +89,23 @@ def _nms(scores, keys, grid, keep, *, center_sigma=12.0, sigma_d=1.5, sigma_s=0.
     running = scores.float().clone()
     if center_sigma is not None:
         running = running * center_prior(grid, center_sigma, device).flatten()
-    unit = torch.nn.functional.normalize(keys.float(), dim=-1)
-    dy, dx, d2 = _window_offsets(window, device)
-    spatial = torch.exp(-d2 / (2 * sigma_d**2)) if sigma_d > 0 else (d2 == 0).float()
-    picked = torch.zeros(n, dtype=torch.bool, device=device)
-    order = torch.empty(keep, dtype=torch.long, device=device)
-    gains = torch.empty(keep, device=device)
-    for step in range(keep):
-        masked = running.masked_fill(picked, float("-inf"))
-        i = int(torch.argmax(masked))
-        order[step], gains[step] = i, masked[i]
-        picked[i] = True
-        y, x = divmod(i, w)
-        ny, nx = y + dy, x + dx
-        ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        nbr = ny[ok] * w + nx[ok]
-        factor = spatial[ok]
-        if sigma_s is not None:
-            cos = unit[nbr] @ unit[i]
-            factor = factor * torch.exp(-((1 - cos) ** 2) / (2 * sigma_s**2))
-        running[nbr] = running[nbr] * (1 - factor)
-    return order, gains
+    keys = keys.float()
+    norms = keys.norm(dim=-1).clamp_min(1e-12)  # cosine = k_i . k_j / (|k_i| |k_j|), no normalised copy
+    nb_idx, nb_factor = _neighbour_table(grid, window, sigma_d, device)
+    neg_inv = -1.0 / (2 * sigma_s**2) if sigma_s is not None else None
+    order, gains = [], []
+    with torch.inference_mode():  # no autograd bookkeeping in the per-step loop
+        for _ in range(keep):
+            i = int(torch.argmax(running))
+            order.append(i)
+            gains.append(running[i].item())
+            nbr, factor = nb_idx[i], nb_factor[i]
+            if neg_inv is not None:
+                cos = torch.index_select(keys, 0, nbr).mv(keys[i]).div_(norms[nbr] * norms[i])
+                factor = factor * cos.sub_(1).square_().mul_(neg_inv).exp_()  # (1 - cos)^2 == (cos - 1)^2
+            running[nbr] *= 1 - factor
+            running[i] = float("-inf")  # never pick a token twice
+    return torch.tensor(order, dtype=torch.long, device=device), torch.tensor(gains)
 
 
 def adaptive_nms_reference(scores, keys, grid, keep, *, center_sigma=12.0, sigma_d=1.5, sigma_s=0.05, window=5.0):
