@@ -53,5 +53,65 @@ def collect(
                   f"over layers {summary['layers'][0]}..{summary['layers'][-1]} -> {out}")
 
 
+def _parse_keep(text: str):
+    """'0.1' is a ratio, '64' a token count."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise typer.BadParameter(f"--keep takes a ratio like 0.1 or a token count like 64, not {text!r}.")
+
+
+@app.command("prune")
+def prune_cmd(
+    image: Path = typer.Option(..., help="Image file."),
+    question: str = typer.Option(..., help="Question about the image."),
+    model: str = typer.Option("tiny-llava", help="Hugging Face id, local folder or bundled name."),
+    method: str = typer.Option("fastv", help="Pruning method (see `vtanalysis methods`)."),
+    keep: str = typer.Option("0.25", help="Ratio in (0, 1] or a token count."),
+    layer: int = typer.Option(None, help="Pruning layer K for single-stage methods (method default if unset)."),
+    max_new_tokens: int = typer.Option(16, help="Answer length limit."),
+    out: Path = typer.Option(Path("overlay.png"), help="Where to save the retained-token overlay."),
+    device: str = typer.Option("cpu", help="torch device."),
+):
+    """Answer a question with and without pruning; print kept counts and FLOPs; save an overlay PNG."""
+    from . import prune
+    from .errors import VTAError
+    from .models import load_vlm
+    from .models.images import load_image
+    from .viz.overlay import overlay_figure
+
+    try:
+        vlm = load_vlm(model, device=device)
+        img = load_image(image)
+        batch = vlm.prepare([img], [question])
+        knobs = {"layer": layer} if layer is not None else {}
+        base = prune.run(vlm, batch, "none", max_new_tokens=max_new_tokens)
+        res = prune.run(vlm, batch, method, _parse_keep(keep), max_new_tokens=max_new_tokens, **knobs)
+    except VTAError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    n = batch.layouts[0].n_image_tokens
+    print(f"answer ({method}, keep {keep}): {res.answers[0]}")
+    print(f"answer (unpruned):        {base.answers[0]}")
+    for layer_k, counts in zip(res.stage_layers, res.kept_counts):
+        print(f"stage at layer {layer_k}: kept {counts[0]} of {n} image tokens")
+    print(f"prefill FLOPs ratio {res.flops_ratio:.3f}; prefill time {res.prefill_s:.3f}s vs {base.prefill_s:.3f}s unpruned")
+    kept = res.kept[-1][0] if res.kept else base.kept[0][0] if base.kept else list(range(n))
+    fig = overlay_figure(vlm, img, batch.layouts[0], kept,
+                         title=f"{method}, keep {keep}: {question}\nanswer: {res.answers[0]}")
+    fig.savefig(out, dpi=120)
+    print(f"overlay saved to {out}")
+
+
+@app.command("methods")
+def methods_cmd():
+    """List the registered pruning methods."""
+    from . import prune
+
+    for name in prune.methods():
+        spec = prune.get(name)
+        print(f"{name:<24}{spec.where:<5}{spec.summary}")
+
+
 if __name__ == "__main__":
     app()

@@ -101,6 +101,13 @@ class Adapter:
                                    image_columns=image_columns))
         return out
 
+    def grid_extent(self, processor, grid, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The part of the original image (width, height) a grid covers, as fractions (x0, y0, x1, y1).
+
+        Default: the whole image (resized, not cropped).
+        """
+        return 0.0, 0.0, 1.0, 1.0
+
     # -- modules ------------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder-only text model (has `.layers`, `.embed_tokens`, `.norm`)."""

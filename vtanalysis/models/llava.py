@@ -31,5 +31,14 @@ class LlavaAdapter(Adapter):
     def image_tokens(self, side, config):
         return side * side
 
+    def grid_extent(self, processor, grid, image_size):
+        """LLaVA-1.5 resizes the shortest edge and centre-crops a square: the grid covers that square."""
+        if not getattr(processor.image_processor, "do_center_crop", False) or grid.name != "image":
+            return 0.0, 0.0, 1.0, 1.0
+        w, h = image_size
+        side = min(w, h)
+        x0, y0 = (w - side) / 2 / w, (h - side) / 2 / h
+        return x0, y0, 1 - x0, 1 - y0
+
     def arrange(self, run, side, config, image, col):
         return run, [Grid(image, "image", (side, side), col, col + side * side)], []

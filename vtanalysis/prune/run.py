@@ -25,6 +25,7 @@ class RunResult:
         kept_grid: per stage, per sample: list of (grid index, row, col) of kept grid tokens.
         flops, flops_unpruned: per-sample prefill FLOPs (formula in `prune.flops`), and their ratio.
         prefill_s, decode_s: wall time of the prefill call and of all decoding steps.
+        kv_cache_bytes: size of the KV cache at the end of generation (0 with use_cache=False).
     """
 
     method: str
@@ -39,6 +40,7 @@ class RunResult:
     prefill_s: float
     decode_s: float
     kept_counts: list[list[int]] = field(default_factory=list)
+    kv_cache_bytes: int = 0
 
     @property
     def flops_ratio(self) -> float:
@@ -122,7 +124,17 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     finally:
         timer.remove()
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    return _result(vlm, batch, method, stages, new, out.logits[0], timer.times)
+    result = _result(vlm, batch, method, stages, new, out.logits[0], timer.times)
+    result.kv_cache_bytes = _cache_bytes(out.past_key_values)
+    return result
+
+
+def _cache_bytes(cache) -> int:
+    if cache is None:
+        return 0
+    tensors = [t for layer in getattr(cache, "layers", []) for t in (getattr(layer, "keys", None),
+                                                                      getattr(layer, "values", None))]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
