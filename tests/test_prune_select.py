@@ -172,3 +172,17 @@ def test_adaptinfer_uniform_mix_weights_text_tokens_equally():
     flat = adaptinfer.scores(attn, text, image, mix=0.0)
     w = adaptinfer.text_prior(attn[:, text][:, :, text]).mean(-1)  # [H]
     torch.testing.assert_close(flat, torch.einsum("h,htv->v", w, attn[:, text][:, :, image]))
+
+
+def test_adaptinfer_schedule_reproduces_the_published_presets():
+    """METHODS.md: LLaVA-1.5-7B prunes after layers 1, 10, 20 keeping 290/72/18 (budget 128) ... 40/12/0 (32)."""
+    from vtanalysis.prune.methods import adaptinfer_plan
+
+    class Depth32:
+        num_layers = 32
+
+    for budget, counts in adaptinfer.PRESETS_7B.items():
+        assert adaptinfer_plan(Depth32(), 576, budget) == list(zip((2, 11, 21), counts))
+    # a ratio scales the nearest preset to its budget; stages never grow
+    plan = adaptinfer_plan(Depth32(), 576, 0.5)
+    assert plan[0][1] == 576 and plan[1][1] > 72 and plan[1][1] >= plan[2][1]

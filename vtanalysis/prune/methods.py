@@ -78,20 +78,19 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     """AdaptInfer's multi-stage schedule.
 
     Defaults: prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other depths) with
-    the authors' LLaVA-1.5-7B per-stage counts. `keep` as an int picks the preset of that average
-    budget (128, 64, 48 or 32); as a ratio, the preset nearest to keep * 576 with counts scaled by
-    n_image / 576. `counts` overrides the per-stage kept counts; `layers` the stage layers.
+    the authors' LLaVA-1.5-7B per-stage counts, whose average budgets are 128, 64, 48 and 32 of 576
+    tokens. `keep` sets the budget B (a count, or a ratio of the image tokens): with 576 image tokens
+    and B one of those budgets the preset is used as published; otherwise the preset whose budget
+    share is nearest to B / n_image is scaled by B / its budget (capped at n_image).
+    `counts` overrides the per-stage kept counts; `layers` the stage layers.
     """
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
     if counts is None:
         presets = adaptinfer.PRESETS_7B
-        if isinstance(keep, int) and keep in presets:
-            counts = presets[keep]
-        else:
-            ratio = keep_count(keep, n_image) / n_image
-            budget = min(presets, key=lambda b: abs(b / 576 - ratio))
-            counts = [round(c * n_image / 576) for c in presets[budget]]
-        counts = list(counts)[: len(stage_layers)]
+        budget = keep_count(keep, n_image)
+        nearest = min(presets, key=lambda p: abs(p / 576 - budget / n_image))
+        counts = [min(n_image, round(c * budget / nearest)) for c in presets[nearest]]
+        counts = counts[: len(stage_layers)]
     if len(counts) != len(stage_layers):
         raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
     counts = [min(c, n_image) for c in counts]
