@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 SCHEDULE_LAYERS = (1, 10, 20)
-# Kept image tokens per stage for LLaVA-1.5-7B by average budget (authors' presets).
+# Kept image tokens per stage for LLaVA-1.5-7B by average budget (authors' presets), defined on
+# LLaVA-1.5's image-token count.
+PRESET_IMAGE_TOKENS = 576  # ok-literal: the token count the published presets were made for
 PRESETS_7B = {128: (290, 72, 18), 64: (133, 27, 3), 48: (80, 24, 2), 32: (40, 12, 0)}
 PRESETS_13B = {128: (300, 94, 30), 64: (148, 40, 5)}
 

@@ -78,9 +78,9 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     """AdaptInfer's multi-stage schedule.
 
     Defaults: prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other depths) with
-    the authors' LLaVA-1.5-7B per-stage counts, whose average budgets are 128, 64, 48 and 32 of 576
-    tokens. `keep` sets the budget B (a count, or a ratio of the image tokens): with 576 image tokens
-    and B one of those budgets the preset is used as published; otherwise the preset whose budget
+    the authors' LLaVA-1.5-7B per-stage counts, whose average budgets are 128, 64, 48 and 32 of
+    `adaptinfer.PRESET_IMAGE_TOKENS` tokens. `keep` sets the budget B (a count, or a ratio of the
+    image tokens): with that many image tokens and B one of those budgets the preset is used as published; otherwise the preset whose budget
     share is nearest to B / n_image is scaled by B / its budget (capped at n_image).
     `counts` overrides the per-stage kept counts; `layers` the stage layers.
     """
@@ -88,7 +88,7 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     if counts is None:
         presets = adaptinfer.PRESETS_7B
         budget = keep_count(keep, n_image)
-        nearest = min(presets, key=lambda p: abs(p / 576 - budget / n_image))
+        nearest = min(presets, key=lambda p: abs(p / adaptinfer.PRESET_IMAGE_TOKENS - budget / n_image))
         counts = [min(n_image, round(c * budget / nearest)) for c in presets[nearest]]
         counts = counts[: len(stage_layers)]
     if len(counts) != len(stage_layers):
