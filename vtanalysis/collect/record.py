@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import VTAError
 from ..models.layout import TokenLayout
-from .rows import attention_rows
+from .rows import attention_rows, pad_rows
 from .tap import tap_attention
 
 
@@ -98,14 +98,6 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _query_rows(layouts: list[TokenLayout]) -> torch.Tensor:
-    """[B, R] text positions per sample, right-padded by repeating the last position."""
-    width = max(lay.n_text for lay in layouts)
-    return torch.stack([
-        torch.cat([lay.text_positions, lay.text_positions[-1:].expand(width - lay.n_text)]) for lay in layouts
-    ])
-
-
 def record_attention(vlm, batch, layers="all", heads: str = "mean") -> AttentionRecord:
     """Run one prefill forward pass of `vlm` on `batch` and record attention rows.
 
@@ -122,7 +114,7 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
     if heads not in ("mean", "all"):
         raise VTAError(f"heads must be 'mean' or 'all', not {heads!r}.")
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
-    rows = _query_rows(batch.layouts)
+    rows = pad_rows([lay.text_positions for lay in batch.layouts])
     per_layer: dict[int, torch.Tensor] = {}
     cols = [torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]
 

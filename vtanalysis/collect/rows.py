@@ -39,3 +39,9 @@ def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
         else:
             scores = scores + picked.float()
     return torch.softmax(scores, dim=-1)
+
+
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample query indices (different lengths) as [B, R], right-padded by repeating each last index."""
+    width = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r[-1:].expand(width - len(r))]) for r in rows])

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..collect.rows import attention_rows
+from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
 from ..errors import VTAError
 
@@ -140,9 +140,7 @@ class Pruner:
             if self.stages[s].sel is not None:  # the selection is made once, at prefill
                 return
             text_idx = self._text_index(s)
-            width = max(len(t) for t in text_idx)
-            rows = torch.stack([torch.cat([t, t[-1:].expand(width - len(t))]) for t in text_idx])
-            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, rows), text_idx)
+            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, pad_rows(text_idx)), text_idx)
         return callback
 
     def _prev(self, s: int):
@@ -173,7 +171,8 @@ class Pruner:
             if l == stage.layer and not self.decoding:
                 if stage.sel is None:
                     self._select(s, hidden_states)
-                hidden_states = gather_seq(hidden_states, self._tail(s, stage.sel, hidden_states.shape[1]))
+                hidden_states = gather_seq(hidden_states,
+                                           append_generated(stage.sel, *self._extra_sel(s, hidden_states.shape[1])))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
             rope, ids = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
             return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
@@ -189,15 +188,11 @@ class Pruner:
         """Length of the prompt part of the sequence entering stage s."""
         return self.prompt_len if s == 0 else self.stages[s - 1].sel.shape[1]
 
-    def _tail(self, s: int, base: torch.Tensor, prev_len: int) -> torch.Tensor:
-        """Stage index tensor extended with tokens generated after the prompt (no-cache generation
+    def _extra_sel(self, s: int, prev_len: int):
+        """(start, count) of generated tokens in the sequence entering stage s (no-cache generation
         re-runs the whole sequence; generated tokens are always kept)."""
         start = self._prompt_len_of(s)
-        extra = prev_len - start
-        if extra <= 0:
-            return base
-        tail = torch.arange(start, start + extra, device=base.device).expand(base.shape[0], extra)
-        return torch.cat([base, tail], dim=1)
+        return start, prev_len - start
 
     def _select(self, s: int, hidden: torch.Tensor) -> None:
         """Choose every sample's kept image tokens for stage s and build the stage's index tensors."""
@@ -289,12 +284,15 @@ class Pruner:
 
     def _tail_pos(self, s: int) -> torch.Tensor:
         """Full-sequence indices of stage s's tokens, with generated tokens appended (no-cache runs)."""
-        stage = self.stages[s]
-        extra = self.q_len - self.prompt_len
-        if extra <= 0:
-            return stage.pos
-        tail = torch.arange(self.prompt_len, self.q_len, device=stage.pos.device).expand(stage.pos.shape[0], extra)
-        return torch.cat([stage.pos, tail], dim=1)
+        return append_generated(self.stages[s].pos, self.prompt_len, self.q_len - self.prompt_len)
+
+
+def append_generated(base: torch.Tensor, start: int, extra: int) -> torch.Tensor:
+    """base [B, L] followed by the indices start .. start + extra - 1 (tokens generated after the prompt)."""
+    if extra <= 0:
+        return base
+    tail = torch.arange(start, start + extra, device=base.device).expand(base.shape[0], extra)
+    return torch.cat([base, tail], dim=1)
 
 
 def gather_seq(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -304,8 +302,7 @@ def gather_seq(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     or M-RoPE ids [3, B, L].
     """
     idx = idx.to(x.device)
-    if x.dim() == 3 and x.shape[0] in (3, 4) and x.shape[1] == idx.shape[0] and x.shape[2] != idx.shape[0] \
-            and x.dtype in (torch.long, torch.int32):  # M-RoPE ids [3, B, L]
+    if x.dim() == 3 and not x.is_floating_point():  # M-RoPE position ids [3, B, L]
         return torch.stack([gather_seq(part, idx) for part in x])
     x = x.expand(idx.shape[0], *x.shape[1:])
     index = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
