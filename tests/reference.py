@@ -1,4 +1,5 @@
-"""The reference every collector test compares against: eager attention with output_attentions=True."""
+"""References the tests compare against: eager attention with output_attentions=True, and the exact
+inputs a model hands its language model."""
 import torch
 
 
@@ -22,3 +23,29 @@ def assert_rows_equal_eager(vlm, batch, rec, atol=1e-5):
             rows = ref[layer][b].mean(0)[lay.text_positions]
             torch.testing.assert_close(rec[b].text_to_image[i], rows[:, lay.image_positions], atol=atol, rtol=0)
             torch.testing.assert_close(rec[b].text_to_text[i], rows[:, lay.text_positions], atol=atol, rtol=0)
+
+
+def lm_inputs(vlm, batch):
+    """inputs_embeds and position ids exactly as the model hands them to its language model."""
+    lm = vlm.adapter.language_model(vlm.model)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def grab(module, args, kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        vlm.model(**batch.model_inputs)
+    except Stop:
+        pass
+    finally:
+        handle.remove()
+    embeds = seen["inputs_embeds"]
+    pos = seen.get("position_ids")
+    if pos is None:
+        pos = torch.arange(embeds.shape[1])[None]
+    return lm, embeds, pos

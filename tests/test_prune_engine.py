@@ -1,6 +1,6 @@
 """The pruning engine inside real inference (pruning issue, 'Done when' 1 and 3).
 
-- keep = all tokens: every in-LLM method's logits equal the unpruned logits;
+- keep = all tokens: every method's logits equal the unpruned logits (in-LLM and pre-LLM);
 - in-LLM FastV equals a hand-built forward that drops tokens after layer K with original positions;
 - 5 generated tokens with the KV cache equal those without it;
 - a batch of 3 equals 3 single runs.
@@ -10,6 +10,7 @@ import torch
 
 import vtanalysis as vta
 from conftest import QUESTIONS
+from reference import lm_inputs
 from vtanalysis import prune
 from vtanalysis.models import tiny
 
@@ -26,16 +27,31 @@ KEEP_ALL = {
     "max-3x3": dict(keep=1.0),
     "pyramiddrop": dict(keep=1.0, ratios=(1.0, 1.0, 1.0)),
     "adaptinfer": dict(keep=1.0, counts=[10**6, 10**6]),
+    "fitprune": dict(keep=1.0),
+    "sparsevlm": dict(keep=1.0, counts=[10**6] * 3),
+    "fastervlm": dict(keep=1.0),
+    "adafv": dict(keep=1.0),
+    "adafv-fixed": dict(keep=1.0),
+    "adafv-t2i": dict(keep=1.0),
+    "visionzip": dict(keep=1.0),
 }
+
+
+def knobs_for(vlm, method, knobs):
+    """Qwen2-VL: no [CLS] (skip those methods), and renumbering methods keep original M-RoPE positions."""
+    spec = prune.get(method)
+    if "cls" in spec.needs and not vlm.adapter.has_cls:
+        pytest.skip("no vision [CLS] token in this family")
+    if spec.positions == "renumber" and spec.where == "llm" and vlm.adapter.mrope:
+        return {**knobs, "positions": "original"}
+    return dict(knobs)
 
 
 @pytest.mark.parametrize("method", sorted(KEEP_ALL))
 def test_keep_all_equals_unpruned(vlm4, images, method):
+    knobs = knobs_for(vlm4, method, KEEP_ALL[method])
     batch = vlm4.prepare(images, QUESTIONS)
     base = prune.run(vlm4, batch, "none", max_new_tokens=3)
-    knobs = dict(KEEP_ALL[method])
-    if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen"):
-        knobs["positions"] = "original"
     res = prune.run(vlm4, batch, method, max_new_tokens=3, **knobs)
     assert res.stage_layers, "the method must actually run its stages"
     torch.testing.assert_close(res.logits, base.logits, atol=1e-5, rtol=0)
@@ -43,37 +59,11 @@ def test_keep_all_equals_unpruned(vlm4, images, method):
     assert res.flops_ratio == pytest.approx(1.0)
 
 
-def _lm_inputs(vlm, batch):
-    """inputs_embeds and position ids exactly as the model hands them to its language model."""
-    lm = vlm.adapter.language_model(vlm.model)
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def grab(module, args, kwargs):
-        seen.update(kwargs)
-        raise Stop
-
-    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        vlm.model(**batch.model_inputs)
-    except Stop:
-        pass
-    finally:
-        handle.remove()
-    embeds = seen["inputs_embeds"]
-    pos = seen.get("position_ids")
-    if pos is None:
-        pos = torch.arange(embeds.shape[1])[None]
-    return lm, embeds, pos
-
-
 @torch.no_grad()
 def fastv_reference(vlm, batch, layer, keep):
     """Hand-built FastV: layers < K on all tokens; scores from layer K-1's eager attention weights;
     layers >= K on the kept tokens with their original rotary positions (batch of one, no padding)."""
-    lm, h, pos = _lm_inputs(vlm, batch)
+    lm, h, pos = lm_inputs(vlm, batch)
     lay = batch.layouts[0]
     cos, sin = lm.rotary_emb(h, position_ids=pos)
     n = h.shape[1]
@@ -113,10 +103,11 @@ def test_fastv_equals_hand_built_reference(vlm4, images, layer):
 
 
 @pytest.mark.parametrize("method,knobs", [("fastv", {"keep": 0.25}), ("adaptprune", {"keep": 0.25}),
-                                          ("pyramiddrop", {"keep": 0.5}), ("adaptinfer", {"keep": 0.3})])
+                                          ("pyramiddrop", {"keep": 0.5}), ("adaptinfer", {"keep": 0.3}),
+                                          ("adafv", {"keep": 0.25}), ("visionzip", {"keep": 0.3}),
+                                          ("adafv-t2i", {"keep": 0.25})])
 def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
-    if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen"):
-        knobs = {**knobs, "positions": "original"}
+    knobs = knobs_for(vlm4, method, knobs)
     batch = vlm4.prepare(images, QUESTIONS)
     cached = prune.run(vlm4, batch, method, max_new_tokens=5, **knobs)
     recomputed = prune.run(vlm4, batch, method, max_new_tokens=5, use_cache=False, **knobs)
@@ -126,9 +117,9 @@ def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer"])
+@pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer", "adafv", "visionzip", "adafv-t2i"])
 def test_batch_of_three_equals_three_single_runs(vlm4, images, method):
-    knobs = {"positions": "original"} if method == "adaptinfer" and vlm4.adapter.family.startswith("qwen") else {}
+    knobs = knobs_for(vlm4, method, {})
     batch = vlm4.prepare(images, QUESTIONS)
     together = prune.run(vlm4, batch, method, 0.3, max_new_tokens=4, **knobs)
     for b in range(3):
@@ -187,6 +178,10 @@ def test_errors_name_the_problem(images):
         prune.run(vlm, batch, "fastv", keep=0.0)
     with pytest.raises(vta.LayerError, match="pruning layer 9 is out of range"):
         prune.run(vlm, batch, "fastv", keep=0.5, layer=9)
+    qwen = tiny.build("qwen2-vl", num_layers=4)
+    qwen_batch = qwen.prepare(images[:1], QUESTIONS[:1])
     with pytest.raises(vta.VTAError, match="M-RoPE"):
-        qwen = tiny.build("qwen2-vl", num_layers=4)
-        prune.run(qwen, qwen.prepare(images[:1], QUESTIONS[:1]), "fastv", 0.5, positions="renumber")
+        prune.run(qwen, qwen_batch, "fastv", 0.5, positions="renumber")
+    for method in ("fastervlm", "adafv", "visionzip"):
+        with pytest.raises(vta.UnsupportedModelError, match=rf"'{method}' needs the vision tower's \[CLS\].*no \[CLS\]"):
+            prune.run(qwen, qwen_batch, method, 0.5)

@@ -20,12 +20,15 @@ class Adapter:
         model_types: `config.model_type` values this adapter serves.
         model_class: name of the `transformers` class to load.
         has_cls: whether the vision tower emits a [CLS] token (needed by [CLS]-saliency methods).
+        mrope: whether positions are multimodal RoPE ids that encode the image grid (Qwen2-VL), so
+            renumbering positions after pruning is not defined.
     """
 
     family: str = ""
     model_types: tuple[str, ...] = ()
     model_class: str = ""
     has_cls: bool = True
+    mrope: bool = False
 
     # -- prompts ------------------------------------------------------------------------------
     def image_placeholder(self, processor) -> str:

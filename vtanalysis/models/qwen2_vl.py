@@ -11,6 +11,7 @@ from .layout import Grid
 
 class Qwen2VLAdapter(Adapter):
     family = "qwen2-vl"
+    mrope = True
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     has_cls = False  # the Qwen vision tower has no [CLS] token

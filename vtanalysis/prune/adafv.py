@@ -6,10 +6,19 @@ embeddings x 100, softmax over image tokens, max over text tokens, eq. 4) and vi
 Each ranking is first guaranteed `min_share` of the budget (the authors' budget_thres = 0.25);
 the rest is split k1 + k2 to maximise (sum of the next k1 T2I scores) x (sum of the next k2
 saliency scores), searched exhaustively with prefix sums (eqs. 7-11). Runs before the LLM.
+The fixed mixture (Sec. 4.1, eq. 3) is `select(cosine_scores(...), saliency, keep, min_share=0.5)`:
+half the budget from each ranking.
 """
 from __future__ import annotations
 
 import torch
+
+
+def cosine_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 2 (the fixed mixture's T2I score): max over text tokens of cos(text, image). [T, D], [N, D] -> [N]."""
+    t = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
+    v = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
+    return (t @ v.T).max(dim=0).values
 
 
 def t2i_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
@@ -20,7 +29,7 @@ def t2i_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, temperatur
     """
     t = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
     v = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
-    return torch.softmax(temperature * t @ v.T, dim=-1).max(dim=0).values
+    return torch.softmax(temperature * (t @ v.T), dim=-1).max(dim=0).values
 
 
 def split_budget(t2i_sorted: torch.Tensor, sal_sorted: torch.Tensor, remaining: int) -> int:

@@ -14,6 +14,11 @@ tokens (FastV/AdaptPrune convention) or RENUMBERED ones (each token's position m
 of tokens dropped before it: AdaptInfer/SparseVLM convention). Layers >= K_s cache only the kept
 tokens' keys and values, so the KV cache stays consistent during generation.
 
+Methods that act before the LLM (FasterVLM, AdaFV, VisionZip) are a stage at layer 0: they
+choose from the embeddings entering layer 0 (exactly the LLM's input embeddings) and the vision
+tower's [CLS] attention, and every decoder layer sees only the kept tokens; with renumbered
+positions this is the shortened input sequence the authors' code builds.
+
 Samples of a batch may keep different numbers of tokens (different image sizes); the shorter
 ones are padded with dropped tokens that every query masks out ("fillers").
 """
@@ -26,27 +31,43 @@ import torch
 from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
 from ..errors import VTAError
+from .vision import to_columns
 
 
 @dataclass
 class StageInputs:
     """What a method's chooser sees for one sample at one stage.
 
+    In-LLM stages (layer K >= 1) get the attention fields; a pre-LLM stage (layer 0) gets the
+    embedding and vision fields instead; the rest are None.
+
     Attributes:
+        columns: [n] layout columns of the current image tokens.
+        grids: [(start, h, w)] in current-image index space, or None once a stage has broken the grids.
+        newline: [n] bool, True for LLaVA-NeXT newline tokens.
         last_row: [n] head-mean attention of the last prompt token over the current image tokens (layer K-1).
         text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
         text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
-        keys: [n, D] or None: k_proj of layer K on the hidden states entering it (no norm, no RoPE).
-        columns: [n] layout columns of the current image tokens.
-        grids: [(start, h, w)] in current-image index space, or None once a stage has broken the grids.
+        image_to_image: [H, n, n] per-head attention among the image tokens (methods needing "image_rows").
+        keys: [n, D]: k_proj of layer K on the hidden states entering it (no norm, no RoPE).
+        text_embeds: [T, D] LLM input embeddings of the text after the image(s).
+        image_embeds: [n, D] LLM input embeddings of the image tokens (projected features).
+        saliency: [n] vision [CLS] attention (NaN at newline tokens).
+        vision_keys: [n, d] head-mean vision keys at the feature layer (NaN at newline tokens).
     """
 
-    last_row: torch.Tensor
-    text_to_text: torch.Tensor
-    text_to_image: torch.Tensor
-    keys: torch.Tensor | None
     columns: torch.Tensor
     grids: list | None
+    newline: torch.Tensor
+    last_row: torch.Tensor | None = None
+    text_to_text: torch.Tensor | None = None
+    text_to_image: torch.Tensor | None = None
+    image_to_image: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    saliency: torch.Tensor | None = None
+    vision_keys: torch.Tensor | None = None
 
 
 @dataclass
@@ -74,21 +95,29 @@ class Pruner:
         choose: callable(StageInputs, keep: int, stage_index: int) -> LongTensor [keep] of indices
             into the current image tokens.
         positions: "original" (kept tokens keep their RoPE positions) or "renumber".
-        needs_keys: compute k_proj keys at each stage's layer (AdaptPrune).
+        needs: what the chooser reads besides attention rows: "keys" (k_proj at each stage's layer,
+            AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "cls" (vision [CLS]
+            attention; the caller runs a `vision.VisionCapture` passed as `vision`).
+        vision: the `VisionCapture` of this run, for a pre-LLM stage needing "cls".
+        pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
     """
 
     def __init__(self, vlm, batch, stages: list[Stage], choose, *, positions: str = "original",
-                 needs_keys: bool = False):
+                 needs: tuple[str, ...] = (), vision=None, pre: bool = False):
         if positions not in ("original", "renumber"):
             raise VTAError(f"positions must be 'original' or 'renumber', not {positions!r}.")
-        if positions == "renumber" and vlm.adapter.family.startswith("qwen"):
+        if positions == "renumber" and vlm.adapter.mrope:
             raise VTAError("positions='renumber' is not defined for Qwen2-VL's M-RoPE (positions encode the image "
                            "grid); use positions='original'.")
         layers = [vlm.check_layer(st.layer, "pruning layer") for st in stages]
-        if any(l < 1 for l in layers) or layers != sorted(set(layers)):
-            raise VTAError(f"pruning layers must be increasing and >= 1 (scores come from the layer before), got {layers}.")
+        if pre and layers != [0]:
+            raise VTAError(f"a pre-LLM method prunes once, at layer 0, got stages at {layers}.")
+        if not pre and (any(l < 1 for l in layers) or layers != sorted(set(layers))):
+            raise VTAError(f"pruning layers must be increasing and >= 1 (scores come from the layer before), "
+                           f"got {layers}; this model has {vlm.num_layers} decoder layers.")
         self.vlm, self.batch, self.stages, self.choose = vlm, batch, stages, choose
-        self.positions, self.needs_keys = positions, needs_keys
+        self.positions, self.needs, self.vision = positions, needs, vision
+        self._vision_columns = None
         self.lm = vlm.adapter.language_model(vlm.model)
         self.layers = vlm.decoder_layers
         self.device = vlm.device
@@ -107,7 +136,7 @@ class Pruner:
             self.layers[l].forward = self._wrap(l, self._orig[l])
         self._hook = self.lm.register_forward_pre_hook(self._on_call, with_kwargs=True)
         self._tap_ctx = tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
-                                       for i, st in enumerate(self.stages)})
+                                       for i, st in enumerate(self.stages) if st.layer > 0})
         self._tap_ctx.__enter__()
         return self
 
@@ -140,7 +169,10 @@ class Pruner:
             if self.stages[s].sel is not None:  # the selection is made once, at prefill
                 return
             text_idx = self._text_index(s)
-            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, pad_rows(text_idx)), text_idx)
+            rows = text_idx
+            if "image_rows" in self.needs:
+                rows = [torch.cat([t, img]) for t, img in zip(text_idx, self._prev(s)[2])]
+            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, pad_rows(rows)), text_idx)
         return callback
 
     def _prev(self, s: int):
@@ -197,21 +229,16 @@ class Pruner:
     def _select(self, s: int, hidden: torch.Tensor) -> None:
         """Choose every sample's kept image tokens for stage s and build the stage's index tensors."""
         stage = self.stages[s]
-        probs, text_idx = self._rows.pop(s)  # [B, H, R, Lk]
         pos_prev, valid_prev, image_prev, cols_prev = self._prev(s)
-        k_proj = self.layers[stage.layer].self_attn.k_proj
         chosen_all = []
         for b, lay in enumerate(self.batch.layouts):
             img = image_prev[b]
-            p = probs[b, :, : len(text_idx[b])].float()
-            keys = None
-            if self.needs_keys:
-                with torch.no_grad():
-                    keys = k_proj(hidden[b, img]).float().cpu()
-            inputs = StageInputs(
-                last_row=p[:, -1, img].mean(0).cpu(), text_to_text=p[:, :, text_idx[b]].cpu(),
-                text_to_image=p[:, :, img].cpu(), keys=keys, columns=cols_prev[b],
-                grids=[(g.start, *g.shape) for g in lay.grids] if s == 0 else None)
+            inputs = StageInputs(columns=cols_prev[b], grids=[(g.start, *g.shape) for g in lay.grids] if s == 0 else None,
+                                 newline=torch.isin(cols_prev[b], torch.tensor(lay.newline_columns, dtype=torch.long)))
+            if stage.layer == 0:
+                self._embedding_inputs(inputs, b, lay, hidden, img)
+            else:
+                self._attention_inputs(inputs, s, b, hidden, img)
             k = min(stage.keep(lay.n_image_tokens), len(img))
             chosen = self.choose(inputs, k, s).cpu().sort().values
             if chosen.numel() != k or chosen.unique().numel() != k:
@@ -240,6 +267,33 @@ class Pruner:
         stage.valid = torch.stack(valids) & valid_prev.gather(1, stage.sel)
         stage.image, stage.columns = images, columns
         stage.kept_counts = [len(c) for c in columns]
+        self._rows.pop(s, None)
+
+    def _attention_inputs(self, inputs: StageInputs, s: int, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
+        """Fill the attention fields from layer K-1's rows (and keys from the hidden states entering K)."""
+        probs, text_idx = self._rows[s]  # [B, H, R, Lk]
+        n_text = len(text_idx[b])
+        p = probs[b].float()
+        text = p[:, :n_text]
+        inputs.last_row = text[:, -1, img].mean(0).cpu()
+        inputs.text_to_text = text[:, :, text_idx[b]].cpu()
+        inputs.text_to_image = text[:, :, img].cpu()
+        if "image_rows" in self.needs:
+            inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img].cpu()
+        if "keys" in self.needs:
+            with torch.no_grad():
+                inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float().cpu()
+
+    def _embedding_inputs(self, inputs: StageInputs, b: int, lay, hidden: torch.Tensor, img: torch.Tensor) -> None:
+        """Fill the pre-LLM fields from the embeddings entering layer 0 and the vision capture."""
+        inputs.text_embeds = hidden[b, lay.text_positions.to(hidden.device)].float().cpu()
+        inputs.image_embeds = hidden[b, img].float().cpu()
+        if "cls" in self.needs:
+            if self._vision_columns is None:
+                sal = to_columns(self.vlm, self.batch, self.vision.saliency[..., None])
+                keys = to_columns(self.vlm, self.batch, self.vision.keys)
+                self._vision_columns = [(a[:, 0].cpu(), k.cpu()) for a, k in zip(sal, keys)]
+            inputs.saliency, inputs.vision_keys = self._vision_columns[b]
 
     # -- masks and positions ------------------------------------------------------------------------
     def _keys_ok(self, s: int) -> torch.Tensor:

@@ -1,19 +1,19 @@
 """The registry of pruning methods: what each needs, where it acts, and how it chooses.
 
-Every in-LLM method is a `Method` whose `choose(inputs, keep, stage)` returns indices into the
-current image tokens (see `engine.StageInputs`) and whose `plan(vlm, n_image, keep, **knobs)`
-returns its stages: [(first layer seeing the kept set, tokens kept)].
+Every method is a `Method` whose `choose(inputs, keep, stage)` returns indices into the current
+image tokens (see `engine.StageInputs`) and whose `plan(vlm, n_image, keep, **knobs)` returns its
+stages: [(first layer seeing the kept set, tokens kept)]. Pre-LLM methods are one stage at layer 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adaptinfer, adaptprune, fastv
+from . import adafv, adaptinfer, adaptprune, fastv, visionzip
 from .budget import keep_count
 
 
@@ -22,11 +22,12 @@ class Method:
     name: str
     summary: str
     where: str                      # "llm": inside the decoder; "pre": before the LLM
-    needs: tuple[str, ...]          # "last_row", "text_rows", "keys", "cls", "embeds"
+    needs: tuple[str, ...]          # "last_row", "text_rows", "image_rows", "keys", "cls", "embeds"
     choose: Callable
     plan: Callable
     positions: str = "original"     # default position-id convention
-    knobs: dict = field(default_factory=dict)
+    # optional context for the run: prepare(vlm, batch, first_stage, vision_capture) (VisionZip's merge)
+    prepare: Callable | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -97,6 +98,21 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     if any(b > a for a, b in zip(counts, counts[1:])):
         raise VTAError(f"AdaptInfer stage counts must not grow: {counts}.")
     return list(zip(stage_layers, counts))
+
+
+def pre_stage(vlm, n_image, keep, **_):
+    """A pre-LLM method: every decoder layer sees the kept tokens only."""
+    return [(0, keep_count(keep, n_image))]
+
+
+def sparsevlm_plan(vlm, n_image, keep, layers=None, counts=None, **_):
+    """SparseVLM (prune only): stages at layers 2, 6, 15 (of 32). `keep` is the first stage's
+    count, halved at each later stage unless `counts` is given. The authors' per-budget tables
+    and their recycling of pruned tokens into merged ones are not reproduced."""
+    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (2, 6, 15))
+    first = keep_count(keep, n_image)
+    counts = list(counts) if counts is not None else [max(1, first // 2 ** i) for i in range(len(stage_layers))]
+    return list(zip(stage_layers, [min(c, n_image) for c in counts]))
 
 
 def pyramid_plan(vlm, n_image, keep, layers=None, ratios=(0.5, 0.25, 0.125), **_):
@@ -195,6 +211,64 @@ def choose_skip(inputs, keep, stage):
     return picks.sort().values
 
 
+def choose_fitprune(inputs, keep, stage):
+    """Single-layer FitPrune (AdaptPrune Table 5): max over heads of (mean attention an image token
+    receives from text queries) x (mean attention it receives from image queries)."""
+    t2i = inputs.text_to_image.mean(1)   # [H, n]
+    i2i = inputs.image_to_image.mean(1)  # [H, n]
+    return fastv.select((t2i * i2i).amax(0), keep)
+
+
+def choose_sparsevlm(inputs, keep, stage):
+    """SparseVLM rating: text 'raters' are the text tokens whose (head-mean) attention to the image
+    tokens is above the mean over text tokens; score = the raters' mean attention per image token."""
+    tv = inputs.text_to_image.mean(0)  # [T, n]
+    mass = tv.sum(1)
+    raters = mass > mass.mean()
+    if not raters.any():  # all text tokens attend equally: everyone rates
+        raters = torch.ones_like(raters)
+    return fastv.select(tv[raters].mean(0), keep)
+
+
+# -- pre-LLM choosers --------------------------------------------------------------------------------
+def among_patches(pick):
+    """A pre-LLM chooser: LLaVA-NeXT newline tokens are kept first (as FasterVLM's code keeps them),
+    counted in the budget; the rest goes to `pick(inputs, patches, k)` -> indices into `patches`."""
+    def choose(inputs, keep, stage):
+        newlines = inputs.newline.nonzero().flatten()[:keep]
+        patches = (~inputs.newline).nonzero().flatten()
+        k = keep - len(newlines)
+        picked = patches[pick(inputs, patches, k)] if k > 0 else patches[:0]
+        return torch.cat([newlines, picked]).sort().values
+    return choose
+
+
+def pick_saliency(inputs, patches, k):
+    return fastv.select(inputs.saliency[patches], k)
+
+
+def pick_t2i(inputs, patches, k):
+    return fastv.select(adafv.t2i_scores(inputs.text_embeds, inputs.image_embeds[patches]), k)
+
+
+def pick_sacmam(inputs, patches, k):
+    t2i = adafv.t2i_scores(inputs.text_embeds, inputs.image_embeds[patches])
+    return adafv.select(t2i, inputs.saliency[patches], k)
+
+
+def pick_fixed_mixture(inputs, patches, k):
+    cos = adafv.cosine_scores(inputs.text_embeds, inputs.image_embeds[patches])
+    return adafv.select(cos, inputs.saliency[patches], k, min_share=0.5)
+
+
+def choose_visionzip(inputs, keep, stage):
+    return visionzip.plan(inputs.saliency, inputs.vision_keys, inputs.newline, keep)[0]
+
+
+def prepare_visionzip(vlm, batch, stage, capture):
+    return visionzip.ProjectorMerge(vlm, batch, stage.keep, capture)
+
+
 for m in [
     Method("none", "no pruning, through the same path (the baseline)", "llm", (), choose_none, no_stage),
     Method("fastv", "FastV: top-k of layer K-1 last-row attention (K=2)", "llm", ("last_row",), choose_fastv,
@@ -220,5 +294,19 @@ for m in [
     Method("pyramiddrop", "PyramidDrop: last instruction token's image attention at 3 stages", "llm",
            ("text_rows",), choose_pyramid, pyramid_plan),
     Method("vtw", "VTW: withdraw all image tokens at layer k", "llm", (), choose_none, vtw_plan),
+    Method("fitprune", "Table 5: single-layer FitPrune (text->image x image->image attention, head max)", "llm",
+           ("text_rows", "image_rows"), choose_fitprune, single_stage(adaptprune.LAYER)),
+    Method("sparsevlm", "SparseVLM, prune only: text raters' attention at 3 stages, positions renumbered", "llm",
+           ("text_rows",), choose_sparsevlm, sparsevlm_plan, positions="renumber"),
+    Method("fastervlm", "FasterVLM: top-k vision [CLS] attention, before the LLM", "pre", ("cls",),
+           among_patches(pick_saliency), pre_stage, positions="renumber"),
+    Method("adafv", "AdaFV: self-adaptive mixture (SACMAM) of T2I similarity and [CLS] saliency, before the LLM",
+           "pre", ("cls", "embeds"), among_patches(pick_sacmam), pre_stage, positions="renumber"),
+    Method("adafv-fixed", "AdaFV fixed mixture (eq. 3): half the budget by cosine T2I, half by [CLS] saliency",
+           "pre", ("cls", "embeds"), among_patches(pick_fixed_mixture), pre_stage, positions="renumber"),
+    Method("adafv-t2i", "AdaFV part: T2I similarity only (eq. 4), before the LLM", "pre", ("embeds",),
+           among_patches(pick_t2i), pre_stage, positions="renumber"),
+    Method("visionzip", "VisionZip: dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
+           "pre", ("cls",), choose_visionzip, pre_stage, positions="renumber", prepare=prepare_visionzip),
 ]:
     register(m)

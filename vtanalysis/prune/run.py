@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from ..errors import VTAError
 from .engine import Pruner, Stage
 from .flops import prefill_flops
 from .methods import get
+from .vision import VisionCapture, require_cls
 
 
 @dataclass
@@ -102,20 +104,29 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         keep: a ratio in (0, 1] or a token count (of each sample's image tokens).
         max_new_tokens: greedy decoding length.
         use_cache: decode with the KV cache (pruned layers cache only kept tokens).
-        positions: "original" or "renumber" (default: the method's own convention).
+        positions: "original" or "renumber" (default: the method's own convention; pre-LLM methods
+            renumber, i.e. the LLM sees the shortened sequence, except on M-RoPE models (Qwen2-VL),
+            whose kept tokens keep their grid positions).
         **knobs: method options, e.g. layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer).
     """
     spec = get(method)
-    if spec.where != "llm":
-        raise VTAError(f"method '{method}' acts before the LLM and is not available in this engine yet.")
+    if "cls" in spec.needs:
+        require_cls(vlm, method)
     stages = _stages(vlm, batch, spec, keep, knobs)
-    pruner = Pruner(vlm, batch, stages, spec.choose, positions=positions or spec.positions,
-                    needs_keys="keys" in spec.needs)
+    positions = positions or spec.positions
+    if spec.where == "pre" and vlm.adapter.mrope:
+        positions = "original"
+    capture = VisionCapture(vlm) if "cls" in spec.needs else None
+    pruner = Pruner(vlm, batch, stages, spec.choose, positions=positions, needs=spec.needs, vision=capture,
+                    pre=spec.where == "pre")
     inputs = batch.to(vlm.device).model_inputs
     tok = vlm.processor.tokenizer
     timer = _Timer(pruner.lm, vlm.device)
     try:
-        with pruner, torch.inference_mode():
+        with ExitStack() as stack, torch.inference_mode():
+            for ctx in (capture, spec.prepare and spec.prepare(vlm, batch, stages[0], capture), pruner):
+                if ctx is not None:
+                    stack.enter_context(ctx)
             # an answer never contains image placeholders (random test models could emit one)
             out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
                                      return_dict_in_generate=True, output_logits=True,

@@ -1,0 +1,111 @@
+"""What pre-LLM methods read on the vision side, mapped onto token-layout columns.
+
+At the encoder layer whose output feeds the projector (`vision_feature_layer`; -2 for LLaVA, i.e.
+0-based layer L_v - 2), `VisionCapture` records per vision input (one image, or one LLaVA-NeXT
+tile) the [CLS] query's softmax attention over the patch tokens, head-mean (FasterVLM, AdaFV;
+VisionZip's head-sum ranks identically), and the head-mean keys of the patch tokens (VisionZip's
+similarity metric). `to_columns` arranges such per-patch values in layout-column order, using the
+model's own `pack_image_features` for LLaVA-NeXT so tiles, unpadding and newline tokens follow the
+model exactly; newline columns get NaN.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from ..collect.tap import tap_attention
+from ..errors import UnsupportedModelError
+
+
+def feature_layer_index(config) -> int:
+    """0-based vision encoder layer whose output the projector reads.
+
+    `hidden_states[f]` is the output of layer f - 1 (index 0 is the embeddings), so f = -2 means
+    layer L_v - 2, as in FasterVLM's `attentions[-2]`.
+    """
+    f = getattr(config, "vision_feature_layer", None)
+    if not isinstance(f, int):
+        raise UnsupportedModelError(f"vision_feature_layer={f!r}: [CLS] saliency needs a single feature layer.")
+    n = config.vision_config.num_hidden_layers
+    return n + f if f < 0 else f - 1
+
+
+def encoder_layers(vlm) -> torch.nn.ModuleList:
+    tower = vlm.model.model.vision_tower
+    return getattr(tower, "vision_model", tower).encoder.layers
+
+
+def require_cls(vlm, method: str) -> None:
+    if not vlm.adapter.has_cls:
+        raise UnsupportedModelError(
+            f"method '{method}' needs the vision tower's [CLS] attention, but {vlm.adapter.family} has no [CLS] "
+            "token; use a method that does not (e.g. 'adafv-t2i', 'fastv', 'adaptprune').")
+
+
+class VisionCapture:
+    """Context manager recording [CLS] saliency and patch keys during the vision tower's forward.
+
+    Attributes (after the vision tower ran, first call only):
+        saliency: [V, N] float32, V vision inputs (images or tiles), N patch tokens: head-mean
+            softmax(q_cls . k_j * scale) over j in patches (the [CLS] column itself excluded).
+        keys: [V, N, d] float32 head-mean keys of the patch tokens.
+    """
+
+    def __init__(self, vlm):
+        self.vlm = vlm
+        self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
+        self.saliency = self.keys = None
+
+    def _record(self, module, query, key, attention_mask, scaling):
+        if self.saliency is not None:
+            return
+        q = query[:, :, :1].float()  # the [CLS] query, [V, H, 1, d]; the encoder is not causal
+        logits = (q @ key.float().transpose(-1, -2)) * scaling
+        if attention_mask is not None:
+            logits = logits + attention_mask[..., :1, :].float()
+        probs = torch.softmax(logits, dim=-1)[:, :, 0]  # [V, H, 1 + N]
+        self.saliency = probs[:, :, 1:].mean(1)
+        self.keys = key[:, :, 1:].float().mean(1)
+
+    def __enter__(self):
+        self._ctx = tap_attention({self.attn: self._record})
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def to_columns(vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:
+    """Arrange per-patch values [V, N, D] as per-sample [n_image_tokens, D] in layout-column order.
+
+    V runs over the batch's images in order (LLaVA-NeXT: each image's tiles, base first).
+    Newline columns (LLaVA-NeXT) are NaN.
+    """
+    model = vlm.model.model
+    per_input = per_input.float()
+    if hasattr(model, "pack_image_features"):
+        sizes = batch.model_inputs["image_sizes"]
+        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
+                  for s in sizes.tolist()]
+        nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
+        packed, _ = model.pack_image_features(list(per_input.split(counts)), sizes, "default", image_newline=nan)
+    else:
+        packed = list(per_input)
+    out, image = [], 0
+    for lay, n_images in zip(batch.layouts, batch.images_per_sample or [1] * len(batch)):
+        cols = torch.empty(lay.n_image_tokens, per_input.shape[-1], device=per_input.device)
+        for start, stop in lay.image_columns[:n_images]:
+            # packed values are in sequence order; layout columns may order them differently (NeXT)
+            seq_rank = torch.argsort(lay.image_positions[start:stop]).to(per_input.device)
+            cols[start + seq_rank] = packed[image].to(cols.dtype)
+            image += 1
+        out.append(cols)
+    return out
+
+
+def projector_rows(vlm, batch, n_patches: int, n_inputs: int) -> list[torch.Tensor]:
+    """Per sample, LongTensor [n_image_tokens]: the projector-input row (input * N + patch) behind
+    each layout column, -1 for newline columns."""
+    index = torch.arange(n_inputs * n_patches, dtype=torch.float32).view(n_inputs, n_patches, 1)  # exact below 2**24
+    return [torch.nan_to_num(c[:, 0], nan=-1).long() for c in to_columns(vlm, batch, index)]
