@@ -115,3 +115,78 @@ def methods_cmd():
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
+    data: Path = typer.Option(None, help="Dataset folder (images + questions.jsonl with answers). Default for "
+                              "the demo model: its held-out split of generated scenes."),
+    samples: int = typer.Option(500, help="Evaluate the first N samples."),
+    method: str = typer.Option("none", help="Pruning method (see `vtanalysis methods`)."),
+    keep: str = typer.Option("1.0", help="Ratio in (0, 1] or a token count."),
+    batch_size: int = typer.Option(16, help="Samples per batch."),
+    device: str = typer.Option("cpu", help="torch device."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Exact-match accuracy overall and per question type, FLOPs ratio and time, optionally pruned."""
+    import json
+    import tempfile
+
+    from .data.dataset import read_samples
+    from .errors import VTAError
+    from .evaluate import evaluate
+    from .models import load_vlm
+
+    try:
+        vlm = load_vlm(model, device=device)
+        if data is None:
+            if model != "demo":
+                raise VTAError("--data is required for models other than 'demo': a dataset folder with answers.")
+            from .data import shapes
+
+            data = Path(tempfile.mkdtemp(prefix="vta-heldout-"))
+            shapes.write_dataset(data, n_images=max(1, samples // 4 + 1), seed=0, progress=False)
+        rows = read_samples(data)[:samples]
+        result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
+                          progress=not json_out)
+    except VTAError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    result.pop("predictions")
+    result["model"] = model
+    if json_out:
+        print(json.dumps(result))
+        return
+    print(f"{model} on {len(rows)} samples, method {method}, keep {keep}")
+    print(f"accuracy {result['accuracy']:.3f}; FLOPs ratio {result['flops_ratio']:.3f}; "
+          f"prefill {result['prefill_s']:.2f}s, decode {result['decode_s']:.2f}s")
+    for t, acc in result["per_type"].items():
+        print(f"  {t:<12}{acc:.3f}  (n={result['counts'][t]})")
+
+
+@app.command("train-demo")
+def train_demo_cmd(
+    out: Path = typer.Option(Path("runs/demo-train"), help="Checkpoint folder (training resumes from it)."),
+    steps: int = typer.Option(20_000, help="Optimizer steps."),
+    batch_size: int = typer.Option(32, help="Scenes per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule, 300 warm-up steps)."),
+    seed: int = typer.Option(0, help="Initialisation and data-order seed."),
+    save_to: Path = typer.Option(None, help="Where to save the trained model (default: the package's "
+                                 "demo_weights folder, which load_vlm('demo') reads)."),
+):
+    """Train the demo LLaVA on generated scenes (recipe in `vtanalysis.train_demo`); saves it in HF format."""
+    import json
+
+    from . import train_demo
+    from .models import demo
+
+    result = train_demo.train(out, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    target = save_to or demo.WEIGHTS
+    result["vlm"].model.save_pretrained(target)
+    result["vlm"].processor.save_pretrained(target)
+    last = result["history"][-1] if result["history"] else {}
+    (Path(target) / "training.json").write_text(json.dumps(
+        {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_minutes": result["minutes"],
+         "history": result["history"]}, indent=1))
+    print(f"saved to {target}; held-out quick accuracy {last.get('accuracy')}")

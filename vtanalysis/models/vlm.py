@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LayerError, PromptError
+from ..errors import LayerError, PromptError, UnsupportedModelError
 from .adapter import Adapter
 from .images import load_image
 from .layout import TokenLayout
@@ -123,8 +123,9 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     """Load a supported VLM from a Hugging Face id or a local folder.
 
     Args:
-        name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, or the name of a
-            bundled tiny random model ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl").
+        name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
+            demo LLaVA shipped in the package), or the name of a bundled tiny random model
+            ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl").
         device: where to put the model.
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).
@@ -138,6 +139,15 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     name = str(name_or_path)
     if name in tiny.NAMES:
         return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
+    if name == "demo":
+        from . import demo
+
+        if not demo.available():
+            raise UnsupportedModelError(f"the demo model's weights are missing from {demo.WEIGHTS}; "
+                                        "run `vtanalysis train-demo` to make them.")
+        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        vlm.name = "demo"
+        return vlm
     config = transformers.AutoConfig.from_pretrained(name)
     adapter = adapter_for(config)
     if dtype is None:

@@ -1,0 +1,162 @@
+"""Training recipe of the demo model (`vtanalysis train-demo`), reproducible from a seed.
+
+Each training sample is one generated scene and a short conversation about it:
+    USER: <image>\\n{q1} ASSISTANT: {a1} </s> USER: {q2} ASSISTANT: {a2} </s> ...
+with the loss on answer tokens only. With probability `caption_p` (decaying from 0.6 to 0.2) the
+first turn is the dense caption ("describe the image ." -> every object's size, colour, shape
+and position, loss on every caption token, as in LLaVA's first stage); the remaining turns are
+all the question types the scene supports, shuffled. A conversation amortises the 144 image
+tokens over several supervised answers. Held-out scenes (seeds below `TRAIN_SEED0`) are never
+trained on. Checkpoints land in `out/checkpoint.pt` every `save_every` steps and training resumes
+from there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import shapes
+from .models import demo
+
+TRAIN_SEED0 = 1_000_000  # training scenes are seeds >= this; held-out scenes are below
+CAPTION_PROMPT = "describe the image ."
+
+
+def encode(tok, n_image_tokens: int, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside answers) of a conversation; the image opens the first turn."""
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels = [], []
+    for i, (question, answer) in enumerate(turns):
+        prompt = tok("USER: " + ("<image>\n" if i == 0 else "") + question + " ASSISTANT:",
+                     add_special_tokens=False).input_ids
+        if i == 0:
+            at = prompt.index(image_id)
+            prompt = prompt[:at] + [image_id] * n_image_tokens + prompt[at + 1:]
+        reply = tok(answer + " </s>", add_special_tokens=False).input_ids
+        ids += prompt + reply
+        labels += [-100] * len(prompt) + reply
+    return ids, labels
+
+
+def conversation(seed: int, rng: random.Random, caption_p: float) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    sc = shapes.scene(seed)
+    qa = [(q.question, q.answer) for q in shapes.questions(sc, seed)]
+    rng.shuffle(qa)
+    if rng.random() < caption_p:
+        qa = [(CAPTION_PROMPT, shapes.caption(sc))] + qa[:3]
+    return sc.image, qa
+
+
+def batch(vlm, seeds: list[int], rng: random.Random, caption_p: float) -> dict:
+    tok, n_img = vlm.processor.tokenizer, demo_image_tokens(vlm)
+    images, rows = [], []
+    for s in seeds:
+        image, turns = conversation(s, rng, caption_p)
+        images.append(image)
+        rows.append(encode(tok, n_img, turns))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (i, l) in enumerate(rows):
+        ids[b, :len(i)], labels[b, :len(l)], mask[b, :len(i)] = torch.tensor(i), torch.tensor(l), 1
+    pixels = vlm.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": labels}
+
+
+def demo_image_tokens(vlm) -> int:
+    v = vlm.config.vision_config
+    return (v.image_size // v.patch_size) ** 2
+
+
+def loss_of(vlm, b: dict) -> torch.Tensor:
+    logits = vlm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       pixel_values=b["pixel_values"]).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def quick_eval(vlm, n_scenes: int = 200) -> dict:
+    """First-answer-token accuracy per type on held-out scenes 0 .. n_scenes - 1 (one question each turn-0)."""
+    tok, n_img = vlm.processor.tokenizer, demo_image_tokens(vlm)
+    vlm.model.eval()
+    hits: dict[str, list[int]] = {}
+    for s in range(n_scenes):
+        sc = shapes.scene(s)
+        qs = shapes.questions(sc, s)
+        rows = [encode(tok, n_img, [(q.question, q.answer)]) for q in qs]
+        prompt_len = [r[1].index(next(x for x in r[1] if x != -100)) for r in rows]
+        width = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        for b, (i, _) in enumerate(rows):
+            ids[b, :len(i)] = torch.tensor(i)
+        pixels = vlm.processor.image_processor([sc.image] * len(rows), return_tensors="pt")["pixel_values"]
+        logits = vlm.model(input_ids=ids, pixel_values=pixels).logits
+        for b, q in enumerate(qs):
+            pred = int(logits[b, prompt_len[b] - 1].argmax())
+            hits.setdefault(q.type, []).append(int(pred == rows[b][0][prompt_len[b]]))
+    vlm.model.train()
+    per_type = {t: sum(h) / len(h) for t, h in sorted(hits.items())}
+    return {"accuracy": sum(map(sum, hits.values())) / sum(map(len, hits.values())), "per_type": per_type}
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+def train(out: str | Path = "runs/demo-train", *, steps: int = 20_000, batch_size: int = 32, lr: float = 2e-3,
+          seed: int = 0, eval_every: int = 1000, save_every: int = 250, threads: int | None = None,
+          log=print) -> dict:
+    """Train (or resume) the demo model; returns the final quick-eval metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    vlm = demo.untrained(seed)
+    model = vlm.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    ckpt, history, start, elapsed = out / "checkpoint.pt", [], 0, 0.0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed"]
+        log(f"resumed at step {start}")
+    t0 = time.perf_counter() - elapsed
+    running = None
+    for step in range(start, steps):
+        rng = random.Random(seed * 7919 + step)
+        caption_p = 0.6 - 0.4 * min(1.0, step / (0.5 * steps))
+        seeds = [TRAIN_SEED0 + (step * batch_size + i) for i in range(batch_size)]
+        b = batch(vlm, seeds, rng, caption_p)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=300)
+        loss = loss_of(vlm, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = float(loss.detach()) if running is None else 0.98 * running + 0.02 * float(loss.detach())
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            metrics = quick_eval(vlm)
+            history.append({"step": done, "loss": running, "minutes": (time.perf_counter() - t0) / 60, **metrics})
+            log(json.dumps(history[-1]))
+        elif done % 50 == 0:
+            log(f"step {done} loss {running:.3f} {(time.perf_counter() - t0) / 60:.1f} min")
+        if done % save_every == 0 or done == steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done, "history": history,
+                        "elapsed": time.perf_counter() - t0}, tmp)
+            tmp.replace(ckpt)
+    return {"history": history, "minutes": (time.perf_counter() - t0) / 60, "vlm": vlm}
