@@ -185,8 +185,8 @@ def train_demo_cmd(
     target = save_to or demo.WEIGHTS
     result["vlm"].model.save_pretrained(target)
     result["vlm"].processor.save_pretrained(target)
-    last = result["history"][-1] if result["history"] else {}
     (Path(target) / "training.json").write_text(json.dumps(
         {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_minutes": result["minutes"],
          "history": result["history"]}, indent=1))
-    print(f"saved to {target}; held-out quick accuracy {last.get('accuracy')}")
+    train_demo.report(result["vlm"], target)
+    print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")

@@ -160,3 +160,28 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 20_000, batch_siz
                         "elapsed": time.perf_counter() - t0}, tmp)
             tmp.replace(ckpt)
     return {"history": history, "minutes": (time.perf_counter() - t0) / 60, "vlm": vlm}
+
+
+def report(vlm, folder: str | Path, n_samples: int = 500, log=print) -> dict:
+    """Held-out accuracy (overall, per type) and attention-in-mask per layer, written to folder/metrics.json.
+
+    Held-out scenes are seeds 0 .. (below `TRAIN_SEED0`), written in the standard dataset format.
+    """
+    import tempfile
+
+    from .analysis import attention_in_mask
+    from .data.dataset import read_samples
+    from .evaluate import evaluate
+
+    data = Path(tempfile.mkdtemp(prefix="vta-demo-heldout-"))
+    shapes.write_dataset(data, n_images=n_samples // 4 + 1, seed=0, progress=False)
+    samples = read_samples(data)[:n_samples]
+    acc = evaluate(vlm, samples, progress=False)
+    acc.pop("predictions")
+    masks = [shapes.target_mask(s) for s in samples]
+    attn = attention_in_mask(vlm, samples, masks, progress=False)
+    metrics = {"heldout": {"seeds": f"0..{n_samples // 4}", **acc}, "attention_in_mask": attn}
+    (Path(folder) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log(json.dumps({"accuracy": acc["accuracy"], "per_type": acc["per_type"],
+                    "mask_ratio_per_layer": [round(r, 2) for r in attn["ratio"]]}))
+    return metrics
