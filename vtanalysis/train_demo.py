@@ -92,7 +92,7 @@ def quick_eval(vlm, n_scenes: int = 200) -> dict:
         sc = shapes.scene(s)
         qs = shapes.questions(sc, s)
         rows = [encode(tok, n_img, [(q.question, q.answer)]) for q in qs]
-        prompt_len = [r[1].index(next(x for x in r[1] if x != -100)) for r in rows]
+        prompt_len = [next(i for i, x in enumerate(labels) if x != -100) for _, labels in rows]
         width = max(len(r[0]) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_token_id)
         for b, (i, _) in enumerate(rows):

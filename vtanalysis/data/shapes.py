@@ -130,18 +130,14 @@ def ask(sc: Scene, qtype: str, rng: np.random.Generator) -> Question | None:
     """One question of `qtype` about scene `sc`, or None when the scene cannot support it."""
     objs = sc.objects
     big = [i for i, o in enumerate(objs) if o.size != "small"]
-    if qtype == "color":
-        unique = [i for i in big if sum(o.shape == objs[i].shape for o in objs) == 1]
+    if qtype in ("color", "shape"):
+        named_by = "shape" if qtype == "color" else "color"  # the attribute that names the object
+        unique = [i for i in big if sum(getattr(o, named_by) == getattr(objs[i], named_by) for o in objs) == 1]
         if not unique:
             return None
-        i = int(rng.choice(unique))
-        return Question(f"what color is the {objs[i].shape} ?", objs[i].color, qtype, [i])
-    if qtype == "shape":
-        unique = [i for i in big if sum(o.color == objs[i].color for o in objs) == 1]
-        if not unique:
-            return None
-        i = int(rng.choice(unique))
-        return Question(f"what shape is the {objs[i].color} object ?", objs[i].shape, qtype, [i])
+        o = objs[int(rng.choice(unique))]
+        text = f"what color is the {o.shape} ?" if qtype == "color" else f"what shape is the {o.color} object ?"
+        return Question(text, getattr(o, qtype), qtype, [objs.index(o)])
     if qtype == "exist":
         if rng.integers(2):
             i = int(rng.choice(big)) if big else None

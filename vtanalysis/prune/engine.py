@@ -31,7 +31,6 @@ import torch
 from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
 from ..errors import VTAError
-from .vision import to_columns
 
 
 @dataclass
@@ -117,7 +116,6 @@ class Pruner:
                            f"got {layers}; this model has {vlm.num_layers} decoder layers.")
         self.vlm, self.batch, self.stages, self.choose = vlm, batch, stages, choose
         self.positions, self.needs, self.vision = positions, needs, vision
-        self._vision_columns = None
         self.lm = vlm.adapter.language_model(vlm.model)
         self.layers = vlm.decoder_layers
         self.device = vlm.device
@@ -289,11 +287,7 @@ class Pruner:
         inputs.text_embeds = hidden[b, lay.text_positions.to(hidden.device)].float().cpu()
         inputs.image_embeds = hidden[b, img].float().cpu()
         if "cls" in self.needs:
-            if self._vision_columns is None:
-                sal = to_columns(self.vlm, self.batch, self.vision.saliency[..., None])
-                keys = to_columns(self.vlm, self.batch, self.vision.keys)
-                self._vision_columns = [(a[:, 0].cpu(), k.cpu()) for a, k in zip(sal, keys)]
-            inputs.saliency, inputs.vision_keys = self._vision_columns[b]
+            inputs.saliency, inputs.vision_keys = self.vision.columns(self.batch)[b]
 
     # -- masks and positions ------------------------------------------------------------------------
     def _keys_ok(self, s: int) -> torch.Tensor:

@@ -55,6 +55,16 @@ class VisionCapture:
         self.vlm = vlm
         self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
         self.saliency = self.keys = None
+        self._columns = None
+
+    def columns(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per sample (saliency [n_image_tokens], keys [n_image_tokens, d]) on CPU, in layout-column
+        order (NaN at newline columns); arranged once per run, shared by the engine and VisionZip."""
+        if self._columns is None:
+            sal = to_columns(self.vlm, batch, self.saliency[..., None])
+            keys = to_columns(self.vlm, batch, self.keys)
+            self._columns = [(a[:, 0].cpu(), k.cpu()) for a, k in zip(sal, keys)]
+        return self._columns
 
     def _record(self, module, query, key, attention_mask, scaling):
         if self.saliency is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .vision import projector_rows, to_columns
+from .vision import projector_rows
 
 CONTEXTUAL_SHARE = 10 / 64
 
@@ -118,13 +118,12 @@ class ProjectorMerge:
         feats = args[0]  # [V, N, Dv]
         n_inputs, n_patches = feats.shape[:2]
         rows = projector_rows(self.vlm, self.batch, n_patches, n_inputs)
-        sal = to_columns(self.vlm, self.batch, self.capture.saliency[..., None])
-        keys = to_columns(self.vlm, self.batch, self.capture.keys)
+        columns = self.capture.columns(self.batch)
         flat_in = feats.reshape(n_inputs * n_patches, -1)
         flat_out = output.reshape(n_inputs * n_patches, -1).clone()
         for b, lay in enumerate(self.batch.layouts):
             r = rows[b].cpu()
-            kept, owner = plan(sal[b][:, 0].cpu(), keys[b].cpu(), r < 0, min(self.keep_of(lay.n_image_tokens), len(r)),
+            kept, owner = plan(*columns[b], r < 0, min(self.keep_of(lay.n_image_tokens), len(r)),
                                contextual=self.contextual)
             group_size = torch.bincount(owner[owner >= 0], minlength=len(r))
             targets = kept[(r[kept] >= 0) & (group_size[kept] > 1)]
