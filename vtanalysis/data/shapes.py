@@ -135,9 +135,10 @@ def ask(sc: Scene, qtype: str, rng: np.random.Generator) -> Question | None:
         unique = [i for i in big if sum(getattr(o, named_by) == getattr(objs[i], named_by) for o in objs) == 1]
         if not unique:
             return None
-        o = objs[int(rng.choice(unique))]
+        i = int(rng.choice(unique))
+        o = objs[i]
         text = f"what color is the {o.shape} ?" if qtype == "color" else f"what shape is the {o.color} object ?"
-        return Question(text, getattr(o, qtype), qtype, [objs.index(o)])
+        return Question(text, getattr(o, qtype), qtype, [i])
     if qtype == "exist":
         if rng.integers(2):
             i = int(rng.choice(big)) if big else None
