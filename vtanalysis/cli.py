@@ -168,8 +168,9 @@ def eval_cmd(
 @app.command("train-demo")
 def train_demo_cmd(
     out: Path = typer.Option(Path("runs/demo-train"), help="Checkpoint folder (training resumes from it)."),
-    steps: int = typer.Option(20_000, help="Optimizer steps."),
-    batch_size: int = typer.Option(32, help="Scenes per step."),
+    steps: int = typer.Option(3000, help="Stage-1 steps (whole model on conversations)."),
+    vision_steps: int = typer.Option(1500, help="Stage-0 steps (vision tower on per-patch shape/colour/size)."),
+    batch_size: int = typer.Option(32, help="Conversations per stage-1 step (stage 0 uses twice as many scenes)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule, 300 warm-up steps)."),
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
     save_to: Path = typer.Option(None, help="Where to save the trained model (default: the package's "
@@ -181,12 +182,12 @@ def train_demo_cmd(
     from . import train_demo
     from .models import demo
 
-    result = train_demo.train(out, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    result = train_demo.train(out, steps=steps, vision_steps=vision_steps, batch_size=batch_size, lr=lr, seed=seed)
     target = save_to or demo.WEIGHTS
     result["vlm"].model.save_pretrained(target)
     result["vlm"].processor.save_pretrained(target)
     (Path(target) / "training.json").write_text(json.dumps(
-        {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_minutes": result["minutes"],
+        {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_minutes": result["minutes"],
          "history": result["history"]}, indent=1))
     train_demo.report(result["vlm"], target)
     print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")

@@ -2,7 +2,8 @@
 
 Output folder:
     state.safetensors   running sums + which sample ids are done (one file, replaced atomically)
-    samples.jsonl       one line per sample: id, token counts, per-layer image-attention mass
+    samples.jsonl       one line per sample: id, type, token counts, per-layer image-attention mass and
+                        the last row's shift between adjacent layers (`layer_shift`)
     skipped.jsonl       samples that could not be processed (e.g. an undecodable image), with why
     mean_attention.safetensors, summary.json, mean_image_attention.png   written at the end
 
@@ -61,13 +62,33 @@ class MeanMaps:
         self.mass = mass if self.mass is None else self.mass + mass
         self.n += 1
         return {"last_row_image_mass": [round(float(x), 6) for x in mass[0]],
-                "text_rows_image_mass": [round(float(x), 6) for x in mass[1]]}
+                "text_rows_image_mass": [round(float(x), 6) for x in mass[1]],
+                **layer_shift(t2i[:, -1])}
 
     def means(self) -> dict[str, torch.Tensor]:
         out = {key: (s / self.counts[key]).float() for key, s in self.sums.items()}
         if self.mass is not None:
             out["image_mass"] = (self.mass / self.n).float()
         return out
+
+
+def layer_shift(rows: torch.Tensor, top: float = 0.1) -> dict:
+    """How the last row's image attention moves between adjacent layers (AdaptInfer's shift).
+
+    rows: [L, N] attention of one query over the image tokens per layer. With p_l = rows[l] / sum
+    (a distribution over image tokens) and K_l its top-k set (k = max(1, round(top * N))):
+        js[l]      = JS(p_{l-1} || p_l) in nats (0 .. ln 2); js[0] = 0
+        overlap[l] = |K_{l-1} & K_l| / k;                     overlap[0] = 1
+    """
+    p = rows.double().clamp_min(0)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    m = (p[1:] + p[:-1]) / 2
+    kl = lambda a, b: (a * (a.clamp_min(1e-30) / b.clamp_min(1e-30)).log()).sum(-1)  # noqa: E731
+    js = torch.cat([torch.zeros(1, dtype=p.dtype), (kl(p[1:], m) + kl(p[:-1], m)) / 2])
+    k = max(1, round(top * p.shape[-1]))
+    top_sets = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, p.topk(k, dim=-1).indices, True)
+    overlap = torch.cat([torch.ones(1, dtype=p.dtype), (top_sets[1:] & top_sets[:-1]).sum(-1) / k])
+    return {"last_row_js": [round(float(x), 6) for x in js], "last_row_topk_overlap": [round(float(x), 6) for x in overlap]}
 
 
 def _save_state(out: Path, maps: MeanMaps, done: list[str], samples_bytes: int, meta: dict) -> None:
@@ -98,7 +119,8 @@ def _append(path: Path, rows: list[dict]) -> int:
 
 
 def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int = 4, layers="all",
-                    limit: int | None = None, save_records: bool = False, progress: bool = True) -> dict:
+                    limit: int | None = None, types: list[str] | None = None, save_records: bool = False,
+                    progress: bool = True) -> dict:
     """Record attention over a dataset folder and accumulate mean maps; resumable.
 
     Args:
@@ -107,7 +129,8 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         out: output folder; if it holds a checkpoint of the same model and layers, the run resumes.
         batch_size: samples per forward pass (padded on the left).
         layers: "all" or a list of decoder-layer indices.
-        limit: use only the first `limit` samples.
+        limit: use only the first `limit` samples (after the `types` filter).
+        types: keep only samples of these question types (e.g. one task of a benchmark).
         save_records: also save every batch's full `AttentionRecord` under out/records/.
     Returns:
         the summary dict (also written to out/summary.json).
@@ -116,14 +139,20 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         raise VTAError(f"batch_size must be >= 1, got {batch_size}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = read_samples(data)[:limit]
+    samples = read_samples(data)
+    if types is not None:
+        samples = [s for s in samples if s.type in types]
+        if not samples:
+            raise VTAError(f"no sample of type {list(types)} in '{data}'; its types: {sorted({s.type for s in read_samples(data)})}.")
+    samples = samples[:limit]
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
-    meta = {"model": vlm.name, "layers": wanted, "data": str(data)}
+    meta = {"model": vlm.name, "layers": wanted, "data": str(data), "types": list(types) if types else None}
     maps, done, offset = MeanMaps(), [], 0
     if (out / STATE).exists():
         maps, done, offset, old = _load_state(out)
-        if (old["model"], old["layers"]) != (meta["model"], meta["layers"]):
-            raise VTAError(f"'{out}' holds a collection of model {old['model']} over layers {old['layers']}; "
+        if (old["model"], old["layers"], old.get("types")) != (meta["model"], meta["layers"], meta["types"]):
+            raise VTAError(f"'{out}' holds a collection of model {old['model']} over layers {old['layers']} "
+                           f"(types {old.get('types')}); "
                            "pass a new --out folder (or delete this one) to start another collection.")
     for name in (SAMPLES, SKIPPED):
         (out / name).touch()
@@ -138,7 +167,7 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         rows, skipped = [], []
         for group, rec in _record_batch(vlm, chunk, wanted, skipped, out if save_records else None):
             for sample, att in zip(group, rec):
-                rows.append({"id": sample.id, "n_image_tokens": att.layout.n_image_tokens,
+                rows.append({"id": sample.id, "type": sample.type, "n_image_tokens": att.layout.n_image_tokens,
                              "n_text": att.layout.n_text, **maps.add(att)})
         if skipped:
             _append(out / SKIPPED, skipped)
