@@ -1,6 +1,7 @@
 """Command-line interface: `vtanalysis --help`."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -117,6 +118,48 @@ if __name__ == "__main__":
     app()
 
 
+def _demo_heldout(model: str, folder: Path, samples: int) -> Path:
+    """The demo model's held-out split (scenes 0, 1, ...; training uses seeds >= 1,000,000) in `folder`."""
+    from .data import shapes
+    from .errors import VTAError
+
+    if model != "demo":
+        raise VTAError("--data is required for models other than 'demo': a dataset folder in the standard format.")
+    n_images = max(1, samples // 4 + 1)  # scenes support about 4.5 question types each
+    info = folder / "scenes.json"
+    if not info.is_file() or json.loads(info.read_text())["n_images"] < n_images:
+        shapes.write_dataset(folder, n_images=n_images, seed=0, progress=False)
+    return folder
+
+
+@app.command("figures")
+def figures_cmd(
+    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
+    data: Path = typer.Option(None, help="Dataset folder in the standard format. Default for the demo model: "
+                              "its held-out scenes, written to OUT/cache/data."),
+    out: Path = typer.Option(Path("figures"), help="Output folder (PNG, PDF and the numbers as CSV/JSON)."),
+    only: list[str] = typer.Option(None, help="Make only this figure (repeatable): positional_bias, inflection, "
+                                   "saliency_auc, t2i_similarity, coverage, overlays, accuracy_vs_keep."),
+    samples: int = typer.Option(200, help="Samples per analysis (positional bias: split over the tasks)."),
+    batch_size: int = typer.Option(8, help="Samples per forward pass."),
+    device: str = typer.Option("cpu", help="torch device."),
+):
+    """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections)."""
+    from .errors import VTAError
+    from .figures import make_figures
+    from .models import load_vlm
+
+    try:
+        vlm = load_vlm(model, device=device)
+        data = data or _demo_heldout(model, out / "cache" / "data", samples)
+        made = make_figures(vlm, data, out, only=only, samples=samples, batch_size=batch_size)
+    except VTAError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    for name, paths in made.items():
+        print(f"{name}: " + ", ".join(str(p) for p in paths))
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
@@ -140,13 +183,7 @@ def eval_cmd(
 
     try:
         vlm = load_vlm(model, device=device)
-        if data is None:
-            if model != "demo":
-                raise VTAError("--data is required for models other than 'demo': a dataset folder with answers.")
-            from .data import shapes
-
-            data = Path(tempfile.mkdtemp(prefix="vta-heldout-"))
-            shapes.write_dataset(data, n_images=max(1, samples // 4 + 1), seed=0, progress=False)
+        data = data or _demo_heldout(model, Path(tempfile.mkdtemp(prefix="vta-heldout-")), samples)
         rows = read_samples(data)[:samples]
         result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
                           progress=not json_out)

@@ -60,17 +60,18 @@ def layer_consistency(maps: torch.Tensor) -> torch.Tensor:
     return map_correlation(maps[:, None], maps[None, :])
 
 
-def task_maps(vlm, data: str | Path, out: str | Path, types: list[str], *, limit: int | None = None,
+def task_maps(vlm, data: str | Path, out: str | Path, types: list[str] | None, *, limit: int | None = None,
               batch_size: int = 8, rows: str = "last", progress: bool = True) -> dict[str, torch.Tensor]:
     """Mean maps per question type, each collected into `out/<type>/` (reused when already there).
 
-    Returns {type: [L, h, w]} for the types that have samples in `data`.
+    Returns {type: [L, h, w]}; with `types` None (a dataset without types), one map named "all".
     """
     maps = {}
-    for t in types:
+    for t in types or ["all"]:
         folder = Path(out) / t
         if not (folder / "mean_attention.safetensors").is_file() or _unfinished(folder, limit):
-            collect_dataset(vlm, data, folder, batch_size=batch_size, types=[t], limit=limit, progress=progress)
+            collect_dataset(vlm, data, folder, batch_size=batch_size, types=[t] if types else None, limit=limit,
+                            progress=progress)
         maps[t] = load_maps(folder, rows)[0]
     return maps
 

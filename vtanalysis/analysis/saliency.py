@@ -104,14 +104,15 @@ def token_scores(vlm, batch, *, rules=RULES, layer: int = 2) -> list[dict[str, t
 
 
 def score_against_masks(vlm, samples, masks: list[np.ndarray], *, rules=RULES, layer: int = 2,
-                        batch_size: int = 8, progress: bool = True) -> dict:
+                        batch_size: int = 8, keep_scores: bool = False, progress: bool = True) -> dict:
     """AUC, first-relevant and cover counts per sample and rule, and their means per rule.
 
     Args:
         samples: `Sample`s; masks: one [H, W] bool object mask per sample, in image pixels.
     Returns:
         {"rows": [{"id", "n_image_tokens", "n_relevant", "<rule>/auc", "<rule>/first_relevant",
-        "<rule>/tokens_to_cover"}, ...], "mean": {"<rule>/<stat>": mean over rows}, "skipped": ids}
+        "<rule>/tokens_to_cover"[, "scores": {rule: [n_image_tokens]} with keep_scores]}, ...],
+        "mean": {"<rule>/<stat>": mean over rows}, "skipped": ids}
     """
     if len(samples) != len(masks):
         raise VTAError(f"{len(samples)} samples but {len(masks)} masks; pass one mask per sample.")
@@ -132,7 +133,9 @@ def score_against_masks(vlm, samples, masks: list[np.ndarray], *, rules=RULES, l
                 row[f"{rule}/auc"] = roc_auc(sc, lab)
                 row[f"{rule}/first_relevant"] = first_relevant(sc, lab)
                 row[f"{rule}/tokens_to_cover"] = tokens_to_cover(sc, lab)
+            if keep_scores:
+                row["scores"] = {rule: [round(float(x), 7) for x in sc[real]] for rule, sc in scores.items()}
             rows.append(row)
-    stats = [k for k in (rows[0] if rows else {}) if "/" in k]
+    stats = [k for k in (rows[0] if rows else {}) if "/" in k and k != "scores"]
     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in stats}
     return {"rows": rows, "mean": mean, "skipped": skipped, "layer": layer}

@@ -1,0 +1,52 @@
+"""`vtanalysis figures` end to end on the demo architecture (random weights; issue 5): every
+figure family is written with its numbers, a rerun reuses the cached collections and results."""
+import json
+
+import pytest
+
+from vtanalysis.errors import VTAError
+from vtanalysis.figures import FIGURES, make_figures
+
+PREFIXES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
+            "accuracy_vs_keep")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from vtanalysis.data import shapes
+
+    folder = tmp_path_factory.mktemp("scenes")
+    shapes.write_dataset(folder, 4, seed=0, progress=False)
+    return folder
+
+
+def test_every_figure_is_made_and_reruns_from_cache(demo_untrained, scenes, tmp_path):
+    out = tmp_path / "figs"
+    made = make_figures(demo_untrained, scenes, out, samples=12, batch_size=6, progress=False, log=lambda *_: None)
+    assert list(made) == list(FIGURES)
+    names = {p.name for paths in made.values() for p in paths}
+    for prefix in PREFIXES:
+        assert any(n.startswith(prefix) and n.endswith(".png") for n in names), prefix
+        assert any(n.startswith(prefix) and n.endswith(".pdf") for n in names), prefix
+        assert any(n.startswith(prefix) and n.endswith((".json", ".csv")) for n in names), prefix
+    assert all((out / n).stat().st_size > 0 for n in names)
+    listed = json.loads((out / "figures.json").read_text())["files"]
+    assert {n for v in listed.values() for n in v} == names
+    bias = json.loads((out / "positional_bias.json").read_text())
+    assert set(bias["tasks"]) == {"color", "count", "exist", "position", "shape", "small"} & set(bias["tasks"])
+    assert len(bias["similarity"]) == len(bias["tasks"])
+    acc = (out / "accuracy_vs_keep.csv").read_text().splitlines()
+    assert acc[0].startswith("method,keep,accuracy,flops_ratio") and acc[1].startswith("none,1.0")
+
+    cache = sorted((out / "cache").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cache}
+    make_figures(demo_untrained, scenes, out, only=["saliency_auc", "accuracy_vs_keep"], samples=12, batch_size=6,
+                 progress=False, log=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in cache} == stamps  # reused, not recomputed
+
+
+def test_figure_errors(demo_untrained, scenes, tmp_path):
+    with pytest.raises(VTAError, match="unknown figure"):
+        make_figures(demo_untrained, scenes, tmp_path, only=["heatmap"], progress=False)
+    with pytest.raises(VTAError, match="samples"):
+        make_figures(demo_untrained, scenes, tmp_path, samples=0, progress=False)

@@ -1,0 +1,352 @@
+"""`vtanalysis figures`: every figure of the three papers from one model and one dataset.
+
+Each figure writes NAME.png, NAME.pdf and the numbers behind it (NAME.json or NAME.csv) into
+`out/`. Expensive intermediate results live in `out/cache/` (attention collections resume;
+scored and evaluated results are reused when their parameters match), so a rerun is fast and
+`--only NAME` redoes one figure.
+
+    positional_bias   mean last-token image attention per task and layer (AdaptPrune Fig. 2, 8, 9)
+    inflection        attention-shift curves and their change points (AdaptInfer)
+    saliency_auc      AUC of each token score against the queried object (AdaFV Fig. 2, 8)
+    t2i_similarity    distribution of normalised cosine vs normalised inner product (AdaFV Fig. 3)
+    coverage          tokens kept until the first / every relevant token is in (AdaFV Fig. 4)
+    overlays          kept tokens per method and keep ratio (AdaptPrune Fig. 1, 6, 7; AdaFV Fig. 7)
+    accuracy_vs_keep  accuracy and FLOPs per method and keep ratio (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .data.dataset import Sample, read_samples  # noqa: E402
+from .errors import VTAError  # noqa: E402
+
+FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
+           "accuracy_vs_keep")
+METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "random")
+KEEPS = (0.5, 0.25, 0.1)
+
+
+# -- plumbing ----------------------------------------------------------------------------------------
+def save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def write_json(path: Path, obj) -> Path:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    tmp.replace(path)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def cached(cache: Path, name: str, params: dict, compute):
+    """compute() once per (name, params); the JSON result is kept in cache/ and reused on reruns."""
+    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = cache / f"{name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    write_json(path, result)
+    return result
+
+
+class Context:
+    """What every figure needs: the model, the samples, where to write, and the knobs."""
+
+    def __init__(self, vlm, data: Path, out: Path, samples: int, batch_size: int, progress: bool):
+        self.vlm, self.data, self.out, self.n, self.batch_size, self.progress = vlm, data, out, samples, batch_size, progress
+        self.cache = out / "cache"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.samples: list[Sample] = read_samples(data)[:samples]
+        self.types = sorted({s.type for s in self.samples if s.type})
+        self.key = {"model": vlm.name, "data": str(data), "samples": samples}
+
+    def with_masks(self) -> tuple[list[Sample], list[np.ndarray]]:
+        """Samples with a ground-truth object mask (`extra.objects` + `targets`, as `data.shapes` writes)."""
+        from .data.shapes import target_mask
+
+        pairs = [(s, target_mask(s)) for s in self.samples if s.extra.get("targets") and s.extra.get("objects")]
+        if not pairs:
+            raise VTAError(f"no sample in '{self.data}' has object masks (extra 'objects' with RLE masks and "
+                           "'targets'); the saliency figures need them. Use a dataset written by vtanalysis.data.shapes.")
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def positional_bias(ctx: Context) -> list[Path]:
+    from .analysis import positional_bias as pb
+    from .viz.attention_maps import pick_layers
+
+    per_type = max(1, ctx.n // max(1, len(ctx.types)))
+    maps = pb.task_maps(ctx.vlm, ctx.data, ctx.cache / "positional_bias", ctx.types or None, limit=per_type,
+                        batch_size=ctx.batch_size, progress=ctx.progress)
+    names, sim = pb.similarity_matrix(maps)
+    layers = list(range(ctx.vlm.num_layers))
+    cols = pick_layers(layers, 6)
+    fig, axes = plt.subplots(len(names), len(cols), figsize=(2.1 * len(cols) + 1.2, 2.1 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c, li in enumerate(cols):
+            ax = axes[r, c]
+            im = ax.imshow(maps[name][li].numpy(), cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"layer {layers[li]}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    fig.suptitle(f"{ctx.vlm.name}: mean last-token attention on the image grid, per task (rows) and layer\n"
+                 f"mean pairwise correlation across tasks r = {_off_diagonal_mean(sim):.2f}", fontsize=10)
+    paths = save(fig, ctx.out, "positional_bias")
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2.5, 0.9 * len(names) + 1.8))
+    im = ax.imshow(sim.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{float(sim[i, j]):.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="Pearson r, mean over layers")
+    ax.set_title("Similarity of attention maps across tasks", fontsize=10)
+    paths += save(fig, ctx.out, "positional_bias_similarity")
+    per_layer = {f"{a}|{b}": pb.map_correlation(maps[a], maps[b]).tolist() for i, a in enumerate(names) for b in names[:i]}
+    paths.append(write_json(ctx.out / "positional_bias.json", {
+        "tasks": names, "layers": layers, "samples_per_task": per_type, "similarity": sim.tolist(),
+        "mean_cross_task_r": _off_diagonal_mean(sim), "per_layer_r": per_layer,
+        "maps": {n: m.tolist() for n, m in maps.items()}}))
+    return paths
+
+
+def _off_diagonal_mean(sim: torch.Tensor) -> float:
+    k = sim.shape[0]
+    return float((sim.sum() - sim.diagonal().sum()) / max(1, k * k - k)) if k > 1 else 1.0
+
+
+def inflection(ctx: Context) -> list[Path]:
+    from .analysis import inflection as inf
+    from .collect.dataset import collect_dataset
+    from .prune.budget import keep_count
+
+    folder = ctx.cache / "collection_all"
+    collect_dataset(ctx.vlm, ctx.data, folder, batch_size=ctx.batch_size, limit=ctx.n, progress=ctx.progress)
+    curves = inf.shift_curves(folder)
+    found = inf.inflection_layers(curves)
+    titles = {"image_mass": "image attention mass of the last token", "js": "JS divergence, layer l-1 -> l",
+              "topk_overlap": "top-10% overlap, layer l-1 -> l"}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, (name, title) in zip(axes, titles.items()):
+        ax.plot(curves["layers"], curves[name], "o-", ms=3)
+        for c in found:
+            ax.axvline(c.layer, color="crimson", ls="--", lw=1)
+            ax.text(c.layer, ax.get_ylim()[1], f" {c.layer} ({c.confidence:.2f})", color="crimson", fontsize=7, va="top")
+        ax.set_xlabel("layer")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"{ctx.vlm.name}: cross-modal attention shift over {ctx.n} samples; dashed: inflection layers "
+                 "(confidence)", fontsize=10)
+    paths = save(fig, ctx.out, "inflection")
+    n_image = ctx.vlm.prepare([ctx.samples[0].image], [ctx.samples[0].question]).layouts[0].n_image_tokens
+    schedules = {}
+    for keep in KEEPS:
+        try:
+            schedules[str(keep)] = inf.schedule_from_inflections(found, ctx.vlm.num_layers, n_image, keep)
+        except VTAError as err:
+            schedules[str(keep)] = {"error": str(err)}
+    paths.append(write_json(ctx.out / "inflection.json", {
+        "curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
+        "inflections": [c.__dict__ for c in found], "n_image_tokens": n_image,
+        "budgets": {str(k): keep_count(k, n_image) for k in KEEPS}, "schedules": schedules}))
+    return paths
+
+
+def _scores(ctx: Context) -> dict:
+    from .analysis.saliency import RULES, score_against_masks
+
+    def compute():
+        samples, masks = ctx.with_masks()
+        rules = RULES if ctx.vlm.adapter.has_cls else tuple(r for r in RULES if r != "cls")
+        return score_against_masks(ctx.vlm, samples, masks, rules=rules, batch_size=ctx.batch_size,
+                                   keep_scores=True, progress=ctx.progress)
+    return cached(ctx.cache, "scores", ctx.key, compute)
+
+
+def saliency_auc(ctx: Context) -> list[Path]:
+    result = _scores(ctx)
+    rows = result["rows"]
+    rules = [k[:-len("/auc")] for k in rows[0] if k.endswith("/auc")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    data = [[r[f"{rule}/auc"] for r in rows] for rule in rules]
+    axes[0].boxplot(data, showmeans=True)
+    axes[0].set_xticks(range(1, len(rules) + 1), rules)
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[0].set_ylabel("ROC AUC vs the queried object's tokens")
+    axes[0].set_title(f"AUC per sample (n={len(rows)}; 0.5 = chance)", fontsize=10)
+    types = sorted({r["type"] for r in rows})
+    width = 0.8 / len(rules)
+    for i, rule in enumerate(rules):
+        means = [np.nanmean([r[f"{rule}/auc"] for r in rows if r["type"] == t]) for t in types]
+        axes[1].bar(np.arange(len(types)) + i * width, means, width, label=rule)
+    axes[1].set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
+    axes[1].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[1].set_ylabel("mean AUC")
+    axes[1].set_title("Mean AUC per question type", fontsize=10)
+    axes[1].legend(fontsize=8, ncol=2)
+    fig.suptitle(f"{ctx.vlm.name}: token scores against ground-truth object masks (50% patch rule)", fontsize=10)
+    paths = save(fig, ctx.out, "saliency_auc")
+    flat = [{k: v for k, v in r.items() if k != "scores"} for r in rows]
+    paths.append(write_csv(ctx.out / "saliency_auc.csv", flat))
+    return paths
+
+
+def t2i_similarity(ctx: Context) -> list[Path]:
+    rows = _scores(ctx)["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    summary = {}
+    for ax, rule, label in zip(axes, ("t2i-cosine", "t2i-inner"), ("normalised cosine", "normalised inner product")):
+        values = np.concatenate([np.asarray(r["scores"][rule]) for r in rows])
+        ax.hist(values, bins=60, color="steelblue")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{label}: max over text tokens of softmax over image tokens")
+        ax.set_ylabel("image tokens (log)")
+        ax.set_title(f"{label}: max {values.max():.3f}, 99th pct {np.percentile(values, 99):.4f}", fontsize=10)
+        summary[rule] = {"max": float(values.max()), "p99": float(np.percentile(values, 99)),
+                         "median": float(np.median(values)), "n_tokens": int(values.size)}
+    fig.suptitle(f"{ctx.vlm.name}: text-to-image similarity of the LLM input embeddings (AdaFV Fig. 3)", fontsize=10)
+    paths = save(fig, ctx.out, "t2i_similarity")
+    paths.append(write_json(ctx.out / "t2i_similarity.json", summary))
+    return paths
+
+
+def coverage(ctx: Context) -> list[Path]:
+    rows = _scores(ctx)["rows"]
+    rules = [k[:-len("/auc")] for k in rows[0] if k.endswith("/auc")]
+    n_image = max(r["n_image_tokens"] for r in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    summary = {}
+    for ax, stat, title in zip(axes, ("first_relevant", "tokens_to_cover"),
+                               ("first relevant token included", "every relevant token included")):
+        for rule in rules:
+            v = np.sort([r[f"{rule}/{stat}"] for r in rows])
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=f"{rule} (median {np.median(v):.0f})")
+            summary[f"{rule}/{stat}"] = {"median": float(np.median(v)), "mean": float(v.mean())}
+        ax.set_xlabel(f"image tokens kept (of {n_image})")
+        ax.set_ylabel("share of samples")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{ctx.vlm.name}: tokens needed before the queried object is kept (AdaFV Fig. 4)", fontsize=10)
+    paths = save(fig, ctx.out, "coverage")
+    paths.append(write_json(ctx.out / "coverage.json", summary))
+    return paths
+
+
+def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> list[Path]:
+    from .models.images import load_image
+    from .prune.methods import get
+    from .prune.run import select
+    from .viz.overlay import draw_overlay
+
+    methods = [m for m in methods if "cls" not in get(m).needs or ctx.vlm.adapter.has_cls]
+    shown = ctx.samples[:n_images]
+    batch = ctx.vlm.prepare([load_image(s.image) for s in shown], [s.question for s in shown])
+    kept = {(m, k): select(m, ctx.vlm, batch, k)[-1] for m in methods for k in keeps}
+    paths = []
+    for i, s in enumerate(shown):
+        image, lay = load_image(s.image), batch.layouts[i]
+        grid = next(g for g in lay.grids if g.image == 0)
+        extent = ctx.vlm.adapter.grid_extent(ctx.vlm.processor, grid, image.size)
+        fig, axes = plt.subplots(len(keeps), len(methods), figsize=(2.3 * len(methods), 2.5 * len(keeps)), squeeze=False)
+        for c, m in enumerate(methods):
+            for r, k in enumerate(keeps):
+                draw_overlay(axes[r, c], image, grid, kept[(m, k)][i], extent,
+                             title=f"{m}, keep {k:g}" if r == 0 else f"keep {k:g}")
+        fig.suptitle(f"{ctx.vlm.name}: kept image tokens (bright, outlined) - \"{s.question}\"", fontsize=10)
+        paths += save(fig, ctx.out, f"overlays_{i}")
+    paths.append(write_json(ctx.out / "overlays.json", {
+        "samples": [s.id for s in shown],
+        "kept_columns": {f"{m}@{k}": [c.tolist() for c in cols] for (m, k), cols in kept.items()}}))
+    return paths
+
+
+def accuracy_vs_keep(ctx: Context, methods=METHODS, keeps=KEEPS) -> list[Path]:
+    from .evaluate import evaluate
+    from .prune.methods import get
+
+    methods = [m for m in methods if "cls" not in get(m).needs or ctx.vlm.adapter.has_cls]
+
+    def run(method, keep):
+        def compute():
+            r = evaluate(ctx.vlm, ctx.samples, method=method, keep=keep, batch_size=ctx.batch_size, progress=ctx.progress)
+            r.pop("predictions")
+            return r
+        return cached(ctx.cache, f"eval-{method}-{keep}", ctx.key, compute)
+
+    base = run("none", 1.0)
+    rows = [{"method": "none", "keep": 1.0, **_row(base)}]
+    rows += [{"method": m, "keep": k, **_row(run(m, k))} for m in methods for k in keeps]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        axes[0].plot([r["keep"] for r in mine], [r["accuracy"] for r in mine], "o-", label=m)
+        axes[1].plot([r["keep"] for r in mine], [r["flops_ratio"] for r in mine], "o-", label=m)
+    axes[0].axhline(base["accuracy"], color="black", ls="--", lw=1, label="unpruned")
+    axes[0].set_ylabel("exact-match accuracy")
+    axes[1].set_ylabel("prefill FLOPs / unpruned")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+        ax.set_xlabel("share of image tokens kept")
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"accuracy on {len(ctx.samples)} samples", fontsize=10)
+    axes[1].set_title("cost (formula FLOPs)", fontsize=10)
+    fig.suptitle(f"{ctx.vlm.name}: accuracy and cost vs keep ratio", fontsize=10)
+    paths = save(fig, ctx.out, "accuracy_vs_keep")
+    paths.append(write_csv(ctx.out / "accuracy_vs_keep.csv", rows))
+    return paths
+
+
+def _row(r: dict) -> dict:
+    return {"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "prefill_s": r["prefill_s"],
+            **{f"acc/{t}": v for t, v in r["per_type"].items()}}
+
+
+def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | None = None, samples: int = 200,
+                 batch_size: int = 8, progress: bool = True, log=print) -> dict[str, list[Path]]:
+    """Write the chosen figures (all by default) and return the files each produced."""
+    names = list(only) if only else list(FIGURES)
+    unknown = set(names) - set(FIGURES)
+    if unknown:
+        raise VTAError(f"unknown figure(s) {sorted(unknown)}; figures: {', '.join(FIGURES)}.")
+    if samples < 1:
+        raise VTAError(f"--samples must be >= 1, got {samples}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(vlm, Path(data), out, samples, batch_size, progress)
+    made = {}
+    for name in names:
+        log(f"[figures] {name}")
+        made[name] = globals()[name](ctx)
+    write_json(out / "figures.json", {"model": vlm.name, "data": str(data), "samples": samples,
+                                      "files": {k: [p.name for p in v] for k, v in made.items()}})
+    return made
