@@ -86,14 +86,24 @@ class Context:
         self.key = {"model": vlm.name, "data": str(data), "samples": samples}
 
     def with_masks(self) -> tuple[list[Sample], list[np.ndarray]]:
-        """Samples with a ground-truth object mask (`extra.objects` + `targets`, as `data.shapes` writes)."""
+        """Samples and their object masks: ground truth where the data has it (`extra.objects` +
+        `targets`, as `data.shapes` writes), else SAM-2 masks grounded to the question by open_clip."""
         from .data.shapes import target_mask
 
-        pairs = [(s, target_mask(s)) for s in self.samples if s.extra.get("targets") and s.extra.get("objects")]
-        if not pairs:
-            raise VTAError(f"no sample in '{self.data}' has object masks (extra 'objects' with RLE masks and "
-                           "'targets'); the saliency figures need them. Use a dataset written by vtanalysis.data.shapes.")
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+        if any(s.extra.get("objects") for s in self.samples):
+            pairs = [(s, target_mask(s)) for s in self.samples if s.extra.get("targets") and s.extra.get("objects")]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+        from .analysis.grounding import Grounder
+        from .models.images import load_image
+
+        try:
+            grounder = Grounder.from_pretrained()
+        except VTAError:
+            raise
+        except Exception as err:  # no network or no cached weights
+            raise VTAError(f"'{self.data}' has no object masks and SAM-2 / open_clip weights could not be loaded "
+                           f"({type(err).__name__}: {err}); the saliency figures need one or the other.") from err
+        return self.samples, [grounder.mask(load_image(s.image), s.question) for s in self.samples]
 
 
 # -- figures -----------------------------------------------------------------------------------------
