@@ -118,12 +118,15 @@ if __name__ == "__main__":
     app()
 
 
-def _demo_heldout(model: str, folder: Path, samples: int) -> Path:
-    """The demo model's held-out split (scenes 0, 1, ...; training uses seeds >= 1,000,000) in `folder`."""
+def _demo_heldout(model: str | None, folder: Path, samples: int) -> Path:
+    """The demo model's held-out split (scenes 0, 1, ...; training uses seeds >= 1,000,000) in `folder`.
+
+    `model` other than "demo" is refused (eval needs the data a real model is scored on); None skips the check.
+    """
     from .data import shapes
     from .errors import VTAError
 
-    if model != "demo":
+    if model not in ("demo", None):
         raise VTAError("--data is required for models other than 'demo': a dataset folder in the standard format.")
     n_images = max(1, samples // 4 + 1)  # scenes support about 4.5 question types each
     info = folder / "scenes.json"
@@ -135,8 +138,8 @@ def _demo_heldout(model: str, folder: Path, samples: int) -> Path:
 @app.command("figures")
 def figures_cmd(
     model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
-    data: Path = typer.Option(None, help="Dataset folder in the standard format. Default for the demo model: "
-                              "its held-out scenes, written to OUT/cache/data."),
+    data: Path = typer.Option(None, help="Dataset folder in the standard format. Default: the demo model's "
+                              "held-out scenes (ground-truth masks), written to OUT/cache/data."),
     out: Path = typer.Option(Path("figures"), help="Output folder (PNG, PDF and the numbers as CSV/JSON)."),
     only: list[str] = typer.Option(None, help="Make only this figure (repeatable): positional_bias, inflection, "
                                    "saliency_auc, t2i_similarity, coverage, overlays, accuracy_vs_keep."),
@@ -151,7 +154,7 @@ def figures_cmd(
 
     try:
         vlm = load_vlm(model, device=device)
-        data = data or _demo_heldout(model, out / "cache" / "data", samples)
+        data = data or _demo_heldout(None, out / "cache" / "data", samples)
         made = make_figures(vlm, data, out, only=only, samples=samples, batch_size=batch_size)
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")

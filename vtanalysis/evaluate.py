@@ -49,7 +49,7 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
     from . import prune
 
     predictions, flops, full, prefill, decode = [], 0, 0, 0.0, 0.0
-    for i in tqdm(range(0, len(samples), batch_size), desc=f"eval {method}", disable=not progress):
+    for i in tqdm(range(0, len(samples), batch_size), desc=f"eval {method} keep {keep:g}", disable=not progress):
         chunk = samples[i:i + batch_size]
         batch = vlm.prepare([load_image(s.image) for s in chunk], [s.question for s in chunk])
         res = prune.run(vlm, batch, method, keep, max_new_tokens=max_new_tokens, **knobs)
