@@ -50,3 +50,18 @@ def test_figure_errors(demo_untrained, scenes, tmp_path):
         make_figures(demo_untrained, scenes, tmp_path, only=["heatmap"], progress=False)
     with pytest.raises(VTAError, match="samples"):
         make_figures(demo_untrained, scenes, tmp_path, samples=0, progress=False)
+
+
+def test_cli_only_one_figure(tmp_path):
+    from typer.testing import CliRunner
+
+    from vtanalysis.cli import app
+
+    out = tmp_path / "figs"
+    result = CliRunner().invoke(app, ["figures", "--model", "tiny-llava", "--samples", "6", "--out", str(out),
+                                      "--only", "inflection"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {"inflection.png", "inflection.pdf", "inflection.json", "figures.json"}
+    assert not (out / "positional_bias.png").exists()
+    bad = CliRunner().invoke(app, ["figures", "--model", "tiny-llava", "--out", str(out), "--only", "heatmap"])
+    assert bad.exit_code == 2 and "unknown figure" in bad.output
