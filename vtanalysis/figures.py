@@ -11,7 +11,8 @@ scored and evaluated results are reused when their parameters match), so a rerun
     t2i_similarity    distribution of normalised cosine vs normalised inner product (AdaFV Fig. 3)
     coverage          tokens kept until the first / every relevant token is in (AdaFV Fig. 4)
     overlays          kept tokens per method and keep ratio (AdaptPrune Fig. 1, 6, 7; AdaFV Fig. 7)
-    accuracy_vs_keep  accuracy and FLOPs per method and keep ratio (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
+    accuracy_vs_keep  accuracy, FLOPs and prefill-time ratios per method and keep ratio, with the
+                      AdaptPrune Table 4 ablations dotted (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .errors import VTAError  # noqa: E402
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep")
 METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "random")
+ABLATIONS = ("adaptprune-correction", "adaptprune-distance")  # AdaptPrune Table 4: one cue at a time
 KEEPS = (0.5, 0.25, 0.1)
 
 
@@ -299,7 +301,7 @@ def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> l
     return paths
 
 
-def accuracy_vs_keep(ctx: Context, methods=METHODS, keeps=KEEPS) -> list[Path]:
+def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> list[Path]:
     from .evaluate import evaluate
     from .prune.methods import get
 
@@ -313,13 +315,14 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS, keeps=KEEPS) -> list[Path]:
         return cached(ctx.cache, f"eval-{method}-{keep}", ctx.key, compute)
 
     base = run("none", 1.0)
-    rows = [{"method": "none", "keep": 1.0, **_row(base)}]
-    rows += [{"method": m, "keep": k, **_row(run(m, k))} for m in methods for k in keeps]
+    rows = [{"method": "none", "keep": 1.0, **_row(base, base)}]
+    rows += [{"method": m, "keep": k, **_row(run(m, k), base)} for m in methods for k in keeps]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
-        axes[0].plot([r["keep"] for r in mine], [r["accuracy"] for r in mine], "o-", label=m)
-        axes[1].plot([r["keep"] for r in mine], [r["flops_ratio"] for r in mine], "o-", label=m)
+        style = ":" if m in ABLATIONS else "-"
+        axes[0].plot([r["keep"] for r in mine], [r["accuracy"] for r in mine], "o" + style, label=m)
+        axes[1].plot([r["keep"] for r in mine], [r["flops_ratio"] for r in mine], "o" + style, label=m)
     axes[0].axhline(base["accuracy"], color="black", ls="--", lw=1, label="unpruned")
     axes[0].set_ylabel("exact-match accuracy")
     axes[1].set_ylabel("prefill FLOPs / unpruned")
@@ -336,8 +339,9 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS, keeps=KEEPS) -> list[Path]:
     return paths
 
 
-def _row(r: dict) -> dict:
+def _row(r: dict, base: dict) -> dict:
     return {"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "prefill_s": r["prefill_s"],
+            "time_ratio": r["prefill_s"] / base["prefill_s"] if base["prefill_s"] else float("nan"),
             **{f"acc/{t}": v for t, v in r["per_type"].items()}}
 
 
