@@ -182,7 +182,9 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 3000, vision_step
         start, history, elapsed = state["step"], state["history"], state["elapsed"]
         log(f"resumed at step {start}")
     features: list[torch.Tensor] = []
-    model.model.multi_modal_projector.register_forward_pre_hook(lambda _m, args: features.append(args[0]))
+    # the projector's input is what the auxiliary patch loss reads; quick_eval (eval mode) needs none
+    model.model.multi_modal_projector.register_forward_pre_hook(
+        lambda m, args: features.append(args[0]) if m.training else None)
     t0, total, running = time.perf_counter() - elapsed, vision_steps + steps, None
     for step in range(start, total):
         rng = random.Random(seed * 7919 + step)

@@ -89,8 +89,9 @@ def _nms(scores, keys, grid, keep, *, center_sigma=12.0, sigma_d=1.5, sigma_s=0.
     running = scores.float().clone()
     if center_sigma is not None:
         running = running * center_prior(grid, center_sigma, device).flatten()
-    keys = keys.float()
-    norms = keys.norm(dim=-1).clamp_min(1e-12)  # cosine = k_i . k_j / (|k_i| |k_j|), no normalised copy
+    if sigma_s is not None:  # keys are read only for the similarity decay
+        keys = keys.float()
+        norms = keys.norm(dim=-1).clamp_min(1e-12)  # cosine = k_i . k_j / (|k_i| |k_j|), no normalised copy
     nb_idx, nb_factor = _neighbour_table(grid, window, sigma_d, device)
     neg_inv = -1.0 / (2 * sigma_s**2) if sigma_s is not None else None
     order, gains = [], []
@@ -141,7 +142,7 @@ def select(scores: torch.Tensor, keys: torch.Tensor, grids: list[tuple[int, int,
 
     Args:
         scores: [N] over all image tokens (columns of the `TokenLayout`).
-        keys: [N, D].
+        keys: [N, D] (None when sigma_s is None: without the similarity decay keys are not read).
         grids: (start, h, w) per grid; columns not in any grid (newline tokens) compete by raw score.
         keep: total budget.
     Returns:
@@ -155,7 +156,7 @@ def select(scores: torch.Tensor, keys: torch.Tensor, grids: list[tuple[int, int,
         k = min(keep, h * w)
         # running scores only fall, so each grid's picks come in non-increasing score order and
         # merging by pick-time score equals one NMS over the union (no suppression across grids)
-        picks, gains = _nms(scores[cols], keys[cols], (h, w), k, **knobs)
+        picks, gains = _nms(scores[cols], None if keys is None else keys[cols], (h, w), k, **knobs)
         candidates += [(g, start + p) for p, g in zip(picks.tolist(), gains.tolist())]
     rest = (~covered).nonzero().flatten().tolist()
     candidates += [(float(scores[c]), c) for c in rest]

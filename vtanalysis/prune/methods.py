@@ -275,11 +275,10 @@ for m in [
            single_stage(fastv.LAYER)),
     Method("adaptprune", "AdaptPrune: corrected attention + adaptive NMS over distance and key similarity",
            "llm", ("last_row", "keys"), choose_adaptprune(), single_stage(adaptprune.LAYER)),
-    # the ablations ignore key similarity, but the NMS still reads the keys' shape and norms
     Method("adaptprune-correction", "AdaptPrune ablation (Table 4 b): Gaussian correction only", "llm",
-           ("last_row", "keys"), choose_adaptprune(sigma_d=0.0, sigma_s=None), single_stage(adaptprune.LAYER)),
+           ("last_row",), choose_adaptprune(sigma_d=0.0, sigma_s=None), single_stage(adaptprune.LAYER)),
     Method("adaptprune-distance", "AdaptPrune ablation (Table 4 c): correction + distance decay", "llm",
-           ("last_row", "keys"), choose_adaptprune(sigma_s=None), single_stage(adaptprune.LAYER)),
+           ("last_row",), choose_adaptprune(sigma_s=None), single_stage(adaptprune.LAYER)),
     Method("random", "Table 5: random tokens", "llm", (), choose_random, single_stage(adaptprune.LAYER)),
     Method("random-3x3", "Table 5: a random token per 3x3 block, then top-k", "llm", ("last_row",),
            choose_random_block, single_stage(adaptprune.LAYER)),
