@@ -114,6 +114,27 @@ def methods_cmd():
         print(f"{name:<24}{spec.where:<5}{spec.summary}")
 
 
+@app.command("app")
+def app_cmd(
+    port: int = typer.Option(8501, help="Port of the local web server."),
+    headless: bool = typer.Option(True, help="Do not open a browser window."),
+):
+    """Start the token-inspection Streamlit app (apps/inspect_tokens.py of a source checkout)."""
+    import subprocess
+    import sys
+
+    from .inspection import MAX_UPLOAD_MB
+
+    page = Path(__file__).resolve().parents[1] / "apps" / "inspect_tokens.py"
+    if not page.is_file():
+        console.print(f"[red]error:[/red] {page} not found; the app ships with the source checkout "
+                      "(pip install -e '.[app]' from a clone).")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(page), "--server.port", str(port),
+                                      "--server.headless", str(headless).lower(),
+                                      "--server.maxUploadSize", str(MAX_UPLOAD_MB)]))
+
+
 if __name__ == "__main__":
     app()
 
@@ -208,8 +229,8 @@ def eval_cmd(
 @app.command("train-demo")
 def train_demo_cmd(
     out: Path = typer.Option(Path("runs/demo-train"), help="Checkpoint folder (training resumes from it)."),
-    steps: int = typer.Option(3000, help="Stage-1 steps (whole model on conversations)."),
-    vision_steps: int = typer.Option(1500, help="Stage-0 steps (vision tower on per-patch shape/colour/size)."),
+    steps: int = typer.Option(4000, help="Stage-1 steps (whole model on conversations)."),
+    vision_steps: int = typer.Option(1000, help="Stage-0 steps (vision tower and projector on per-patch shape, colour, size, position)."),
     batch_size: int = typer.Option(32, help="Conversations per stage-1 step (stage 0 uses twice as many scenes)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule, 300 warm-up steps)."),
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),

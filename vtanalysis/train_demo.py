@@ -45,13 +45,22 @@ def encode(tok, n_image_tokens: int, turns: list[tuple[str, str]]) -> tuple[list
     return ids, labels
 
 
-def conversation(seed: int, rng: random.Random, caption_p: float) -> tuple[shapes.Scene, list[tuple[str, str]]]:
-    sc = shapes.scene(seed)
-    qa = [(q.question, q.answer) for q in shapes.questions(sc, seed)]
+def conversation(seed: int, rng: random.Random, caption_p: float, turns: int = 8
+                 ) -> tuple[shapes.Scene, list[tuple[str, str]]]:
+    """Scene `seed` and up to `turns` distinct question-answer turns (three draws of every type the
+    scene supports), opened by the dense caption with probability `caption_p`."""
+    sc, draw = shapes.scene(seed), np.random.default_rng(seed)
+    qa = {}
+    for _ in range(3):
+        for qtype in shapes.TYPES:
+            q = shapes.ask(sc, qtype, draw)
+            if q is not None:
+                qa.setdefault(q.question, q.answer)
+    qa = list(qa.items())
     rng.shuffle(qa)
     if rng.random() < caption_p:
-        qa = [(CAPTION_PROMPT, shapes.caption(sc))] + qa[:3]
-    return sc, qa
+        return sc, [(CAPTION_PROMPT, shapes.caption(sc))] + qa[:turns // 2]
+    return sc, qa[:turns]
 
 
 def batch(vlm, seeds: list[int], rng: random.Random, caption_p: float) -> dict:
@@ -73,48 +82,66 @@ def batch(vlm, seeds: list[int], rng: random.Random, caption_p: float) -> dict:
             "patch_labels": torch.stack(patches)}
 
 
-# -- stage 0: dense per-patch supervision of the vision tower ----------------------------------------
-PATCH_CLASSES = (len(shapes.SHAPES) + 1, len(shapes.COLORS) + 1, len(shapes.RADIUS) + 1)  # 0 = background
+# -- dense per-patch supervision of the image tokens ------------------------------------------------
+ATTRIBUTES = {"shape": shapes.SHAPES, "color": tuple(shapes.COLORS), "size": tuple(shapes.RADIUS)}
 
 
 def patch_labels(sc: shapes.Scene, patch: int) -> torch.Tensor:
-    """[3, G*G] long: shape, colour and size class (0 = background) of the object covering each patch.
+    """[5, G*G] long per patch: shape, colour and size index + 1 of the object covering it (0 = background),
+    then the patch's column and row.
 
     A patch belongs to the object that covers most of it, if that object covers at least 20% of
     it (a small object, ~11 px across, still labels the patches it sits on).
     """
     g = sc.image.shape[0] // patch
-    labels, best = torch.zeros(3, g * g, dtype=torch.long), np.full(g * g, 0.2)
+    labels, best = torch.zeros(5, g * g, dtype=torch.long), np.full(g * g, 0.2)
     for o in sc.objects:
         cover = o.mask.reshape(g, patch, g, patch).mean(axis=(1, 3)).ravel()
         take = torch.from_numpy(cover >= best)
         best = np.maximum(best, cover)
-        labels[0, take] = shapes.SHAPES.index(o.shape) + 1
-        labels[1, take] = list(shapes.COLORS).index(o.color) + 1
-        labels[2, take] = list(shapes.RADIUS).index(o.size) + 1
+        for k, (attr, values) in enumerate(ATTRIBUTES.items()):
+            labels[k, take] = values.index(getattr(o, attr)) + 1
+    labels[3], labels[4] = torch.arange(g * g) % g, torch.arange(g * g) // g
     return labels
 
 
-def patch_head(vlm) -> torch.nn.Linear:
-    """The stage-0 classifier on the vision features LLaVA feeds its projector (dropped after training)."""
-    return torch.nn.Linear(vlm.config.vision_config.hidden_size, sum(PATCH_CLASSES))
+def position_head(vlm) -> torch.nn.Linear:
+    """Column and row classifier on the image tokens (dropped after training)."""
+    return torch.nn.Linear(vlm.config.text_config.hidden_size, 2 * grid_side(vlm))
 
 
-def patch_loss(head: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of shape, colour and size per patch; features [B, N, d], labels [B, 3, N]."""
-    logits = head(features).split(PATCH_CLASSES, dim=-1)
-    return sum(F.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten()) for k, lg in enumerate(logits)) / 3
+def patch_loss(vlm, head: torch.nn.Linear, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each image token's attributes and position; tokens [B, N, d], labels [B, 5, N].
+
+    Attributes are read against the decoder's own word embeddings: the logit of "red" is the dot
+    product of the image token with the embedding of "red" (background: a fixed logit 0). Image
+    tokens thus carry the very vectors the question words bring, so the decoder can find the queried
+    object by matching a question word against the image tokens, the lookup our tasks ask for.
+    """
+    embed, tok = vlm.model.get_input_embeddings().weight, vlm.processor.tokenizer
+    losses = []
+    for k, values in enumerate(ATTRIBUTES.values()):
+        words = embed[tok.convert_tokens_to_ids(list(values))]  # [C, d]
+        logits = F.pad(tokens @ words.T, (1, 0))  # [B, N, 1 + C], background first
+        losses.append(F.cross_entropy(logits.flatten(0, 1), labels[:, k].flatten()))
+    for k, logits in enumerate(head(tokens).split(grid_side(vlm), dim=-1)):
+        losses.append(F.cross_entropy(logits.flatten(0, 1), labels[:, 3 + k].flatten()))
+    return sum(losses) / len(losses)
 
 
-def vision_features(vlm, pixel_values: torch.Tensor) -> torch.Tensor:
-    """[B, N, d] the vision tower's `vision_feature_layer` output without [CLS] (what the projector reads)."""
+def image_tokens(vlm, pixel_values: torch.Tensor) -> torch.Tensor:
+    """[B, N, d] the projected image tokens the decoder reads (vision `vision_feature_layer`, no [CLS])."""
     out = vlm.model.model.vision_tower(pixel_values, output_hidden_states=True)
-    return out.hidden_states[vlm.config.vision_feature_layer][:, 1:]
+    return vlm.model.model.multi_modal_projector(out.hidden_states[vlm.config.vision_feature_layer][:, 1:])
+
+
+def grid_side(vlm) -> int:
+    v = vlm.config.vision_config
+    return v.image_size // v.patch_size
 
 
 def demo_image_tokens(vlm) -> int:
-    v = vlm.config.vision_config
-    return (v.image_size // v.patch_size) ** 2
+    return grid_side(vlm) ** 2
 
 
 def loss_of(vlm, b: dict) -> torch.Tensor:
@@ -154,7 +181,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
 
-def train(out: str | Path = "runs/demo-train", *, steps: int = 3000, vision_steps: int = 1500,
+def train(out: str | Path = "runs/demo-train", *, steps: int = 4000, vision_steps: int = 1000,
           batch_size: int = 32, lr: float = 2e-3, aux_weight: float = 0.5, seed: int = 0, eval_every: int = 500,
           save_every: int = 250, threads: int | None = None, log=print) -> dict:
     """Train (or resume) the demo model; returns the quick-eval history, wall minutes and the model.
@@ -170,7 +197,7 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 3000, vision_step
     if threads:
         torch.set_num_threads(threads)
     vlm = demo.untrained(seed)
-    model, head = vlm.model, patch_head(vlm)
+    model, head = vlm.model, position_head(vlm)
     model.train()
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     ckpt, history, start, elapsed = out / "checkpoint.pt", [], 0, 0.0
@@ -181,10 +208,10 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 3000, vision_step
         opt.load_state_dict(state["opt"])
         start, history, elapsed = state["step"], state["history"], state["elapsed"]
         log(f"resumed at step {start}")
-    features: list[torch.Tensor] = []
-    # the projector's input is what the auxiliary patch loss reads; quick_eval (eval mode) needs none
-    model.model.multi_modal_projector.register_forward_pre_hook(
-        lambda m, args: features.append(args[0]) if m.training else None)
+    tokens: list[torch.Tensor] = []
+    # the projector's output is what the auxiliary patch loss reads; quick_eval (eval mode) needs none
+    model.model.multi_modal_projector.register_forward_hook(
+        lambda m, args, out: tokens.append(out) if m.training else None)
     t0, total, running = time.perf_counter() - elapsed, vision_steps + steps, None
     for step in range(start, total):
         rng = random.Random(seed * 7919 + step)
@@ -195,14 +222,15 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 3000, vision_step
             scenes = [shapes.scene(s) for s in range(first, first + 2 * batch_size)]
             pixels = vlm.processor.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"]
             labels = torch.stack([patch_labels(sc, demo.PATCH) for sc in scenes])
-            loss = patch_loss(head, vision_features(vlm, pixels), labels)
+            loss = patch_loss(vlm, head, image_tokens(vlm, pixels), labels)
+            tokens.clear()  # the hook saw this call too
         else:
             k = step - vision_steps
             caption_p = 0.6 - 0.4 * min(1.0, k / (0.5 * steps))
             seeds = [TRAIN_SEED0 + vision_steps * 2 * batch_size + k * batch_size + i for i in range(batch_size)]
-            features.clear()
+            tokens.clear()
             b = batch(vlm, seeds, rng, caption_p)
-            loss = loss_of(vlm, b) + aux_weight * patch_loss(head, features[0], b["patch_labels"])
+            loss = loss_of(vlm, b) + aux_weight * patch_loss(vlm, head, tokens[0], b["patch_labels"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,81 @@
+"""The token-inspection app: upload checks, and Streamlit's AppTest driving its widgets (issue 6)."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vtanalysis.errors import ImageError
+from vtanalysis.inspection import MAX_PIXELS, decode_upload
+
+PAGE = Path(__file__).resolve().parents[1] / "apps" / "inspect_tokens.py"
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_text_renamed_png_is_refused_with_a_reason():
+    with pytest.raises(ImageError, match="not a readable image.*PNG, JPEG"):
+        decode_upload(b"just some text, not pixels\n" * 10, "notes.png")
+
+
+def test_upload_50_megapixels_is_refused_before_decoding():
+    big = _png(Image.new("L", (10_000, 5_000)))  # compresses to a few KB: only the header is read
+    assert 10_000 * 5_000 > MAX_PIXELS
+    with pytest.raises(ImageError, match="50 megapixels"):
+        decode_upload(big, "huge.png")
+
+
+def test_upload_roundtrips_a_real_image():
+    arr = (np.arange(32 * 48 * 3) % 251).astype(np.uint8).reshape(32, 48, 3)
+    assert np.array_equal(np.asarray(decode_upload(_png(Image.fromarray(arr)))), arr)
+
+
+@pytest.fixture(scope="module")
+def app():
+    testing = pytest.importorskip("streamlit.testing.v1")
+    at = testing.AppTest.from_file(str(PAGE), default_timeout=600)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _kept(at) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**Kept per stage:**")]
+
+
+def test_app_shows_each_method_and_its_numbers(app):
+    assert [h.value for h in app.subheader] == ["fastv", "adaptprune"]
+    assert [m.label for m in app.metric] == ["FLOPs ratio", "Prefill latency ratio"] * 2
+    assert all(0 < float(m.value) < 1 for m in app.metric if m.label == "FLOPs ratio")
+
+
+def test_keep_ratio_changes_kept_counts_and_flops(app):
+    before_kept, before_flops = _kept(app), [float(m.value) for m in app.metric if m.label == "FLOPs ratio"]
+    app.slider(key="keep").set_value(0.5).run()
+    assert not app.exception, app.exception
+    after_kept, after_flops = _kept(app), [float(m.value) for m in app.metric if m.label == "FLOPs ratio"]
+    assert after_kept != before_kept
+    assert all(a > b for a, b in zip(after_flops, before_flops))  # keeping more tokens costs more
+
+
+def test_method_choice_changes_the_panels(app):
+    app.multiselect(key="methods").set_value(["random"]).run()
+    assert not app.exception, app.exception
+    assert [h.value for h in app.subheader] == ["random"]
+    app.multiselect(key="methods").set_value([]).run()
+    assert "Pick at least one pruning method" in app.warning[0].value
+
+
+def test_attention_layer_slider_changes_the_heatmap(app):
+    app.multiselect(key="methods").set_value(["fastv"]).run()
+    captions = []
+    for layer in (0, 1):
+        app.slider(key="attn_layer").set_value(layer).run()
+        assert not app.exception, app.exception
+        captions.append([c.value for c in app.caption])
+    assert captions[0] != captions[1]
