@@ -329,6 +329,7 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> 
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the keep ratios are labelled
         ax.set_xlabel("share of image tokens kept")
         ax.legend(fontsize=8)
     axes[0].set_title(f"accuracy on {len(ctx.samples)} samples", fontsize=10)
