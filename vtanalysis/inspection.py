@@ -41,6 +41,8 @@ def decode_upload(data: bytes, name: str = "upload") -> Image.Image:
                                  f"{MAX_PIXELS / 1e6:.0f}. Downscale it (the model sees a few hundred pixels a side).")
             im.load()
             return im.convert("RGB")
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"'{name}' is not a readable image ({type(err).__name__}: the file's bytes are not a "
                          "known image format). Upload a PNG, JPEG, BMP or WebP file.") from err
