@@ -4,8 +4,8 @@ Each training sample is one generated scene and a short conversation about it:
     USER: <image>\\n{q1} ASSISTANT: {a1} </s> USER: {q2} ASSISTANT: {a2} </s> ...
 with the loss on answer tokens only. With probability `caption_p` (decaying from 0.6 to 0.2) the
 first turn is the dense caption ("describe the image ." -> every object's size, colour, shape
-and position, loss on every caption token, as in LLaVA's first stage); the remaining turns are
-all the question types the scene supports, shuffled. A conversation amortises the 144 image
+and position, loss on every caption token, as in LLaVA's first stage); the other turns are up
+to eight distinct questions (three draws of every type the scene supports), shuffled. A conversation amortises the 144 image
 tokens over several supervised answers. Held-out scenes (seeds below `TRAIN_SEED0`) are never
 trained on. Checkpoints land in `out/checkpoint.pt` every `save_every` steps and training resumes
 from there.
@@ -195,10 +195,10 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 4000, vision_step
           save_every: int = 250, relation_from: int = 1000, threads: int | None = None, log=print) -> dict:
     """Train (or resume) the demo model; returns the quick-eval history, wall minutes and the model.
 
-    Stage 0 (`vision_steps` steps of 2 x `batch_size` scenes): the vision tower alone learns each
-    patch's shape, colour and size class (`patch_loss`), the dense signal a from-scratch ViT needs
-    to tell shapes apart. Stage 1 (`steps` steps): the whole LLaVA on conversations (`loss_of`),
-    plus `aux_weight` x the same patch loss on the features the projector reads. One AdamW and
+    Stage 0 (`vision_steps` steps of 2 x `batch_size` scenes): the vision tower and projector learn
+    each image token's shape, colour, size, column and row (`patch_loss`), the dense signal a
+    from-scratch ViT needs to tell shapes apart. Stage 1 (`steps` steps): the whole LLaVA on conversations (`loss_of`),
+    plus `aux_weight` x the same patch loss on the projected image tokens. One AdamW and
     one cosine schedule span both stages; the patch head is dropped after training. From stage-1
     step `relation_from` on, the patch loss adds the scalar position targets (`relation=True`):
     the recipe that shipped added them at step 1000, when colour, shape and small-object questions
