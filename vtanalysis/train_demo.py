@@ -226,6 +226,7 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 4000, vision_step
         lambda m, args, out: tokens.append(out) if m.training else None)
     t0, total, running = time.perf_counter() - elapsed, vision_steps + steps, None
     for step in range(start, total):
+        tokens.clear()  # the hook keeps only this step's image tokens
         rng = random.Random(seed * 7919 + step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, lr, warmup=300)
@@ -235,12 +236,10 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 4000, vision_step
             pixels = vlm.processor.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"]
             labels = torch.stack([patch_labels(sc, demo.PATCH) for sc in scenes])
             loss = patch_loss(vlm, head, image_tokens(vlm, pixels), labels)
-            tokens.clear()  # the hook saw this call too
         else:
             k = step - vision_steps
             caption_p = 0.6 - 0.4 * min(1.0, k / (0.5 * steps))
             seeds = [TRAIN_SEED0 + vision_steps * 2 * batch_size + k * batch_size + i for i in range(batch_size)]
-            tokens.clear()
             b = batch(vlm, seeds, rng, caption_p)
             loss = loss_of(vlm, b) + aux_weight * patch_loss(vlm, head, tokens[0], b["patch_labels"],
                                                              relation=k >= relation_from)
