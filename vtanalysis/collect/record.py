@@ -114,22 +114,24 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
     if heads not in ("mean", "all"):
         raise VTAError(f"heads must be 'mean' or 'all', not {heads!r}.")
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
-    rows = pad_rows([lay.text_positions for lay in batch.layouts])
-    per_layer: dict[int, torch.Tensor] = {}
-    cols = [torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]
+    device = vlm.device
+    rows = pad_rows([lay.text_positions for lay in batch.layouts]).to(device)
+    cols = pad_rows([torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]).to(device)
+    per_layer: dict[int, torch.Tensor] = {}  # layer -> [B, 1 or H, R, C], kept on the model's device
 
     def make_callback(layer_idx):
         def callback(module, query, key, attention_mask, scaling):
             probs = attention_rows(query, key, attention_mask, scaling, rows)  # [B, H, R, Lk]
             if heads == "mean":
                 probs = probs.mean(dim=1, keepdim=True)
-            per_layer[layer_idx] = [probs[b, :, :, c.to(probs.device)].cpu() for b, c in enumerate(cols)]
+            index = cols[:, None, None, :].expand(*probs.shape[:3], cols.shape[1])
+            per_layer[layer_idx] = probs.gather(3, index)
         return callback
 
     decoder = vlm.decoder_layers
     callbacks = {decoder[l].self_attn: make_callback(l) for l in wanted}
     stop = _StopAfter(decoder[wanted[-1]]) if wanted[-1] < vlm.num_layers - 1 else None
-    inputs = batch.to(vlm.device).model_inputs
+    inputs = batch.to(device).model_inputs
     with torch.inference_mode(), tap_attention(callbacks):
         try:
             vlm.model(**inputs, use_cache=False, logits_to_keep=1)
@@ -138,17 +140,26 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
         finally:
             if stop is not None:
                 stop.remove()
+        stacked = to_host(torch.stack([per_layer[l] for l in wanted], dim=1))  # [B, L, 1 or H, R, C]
 
     samples = []
     for b, lay in enumerate(batch.layouts):
-        stacked = torch.stack([per_layer[l][b] for l in wanted])  # [L, 1 or H, R, n_image + n_text]
-        if heads == "mean":
-            stacked = stacked[:, 0]
-        stacked = stacked[..., : lay.n_text, :]
-        samples.append(SampleAttention(stacked[..., : lay.n_image_tokens].contiguous(),
-                                       stacked[..., lay.n_image_tokens:].contiguous(), lay, wanted))
+        one = stacked[b, :, 0] if heads == "mean" else stacked[b]
+        one = one[..., : lay.n_text, : lay.n_image_tokens + lay.n_text]
+        samples.append(SampleAttention(one[..., : lay.n_image_tokens].contiguous(),
+                                       one[..., lay.n_image_tokens:].contiguous(), lay, wanted))
     meta = {"model": vlm.name, "prompts": list(batch.prompts)}
     return AttentionRecord(samples, wanted, heads, meta)
+
+
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """One device-to-host transfer: into pinned memory, non-blocking, then one wait (CPU: as is)."""
+    if x.device.type == "cpu":
+        return x
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    torch.cuda.current_stream(x.device).synchronize()
+    return host
 
 
 class _Stop(Exception):

@@ -24,19 +24,25 @@ class VLMInputs:
         layouts: one `TokenLayout` per sample.
         prompts: the prompt strings the processor tokenised.
         images_per_sample: how many images each sample has.
+        image_sizes: the processor's (height, width) per image as host integers, when the family
+            has them (LLaVA-NeXT), so code on the hot path never reads them back from the device.
     """
 
     model_inputs: dict
     layouts: list[TokenLayout]
     prompts: list[str]
     images_per_sample: list[int] = field(default_factory=list)
+    image_sizes: list | None = None
 
     def __len__(self) -> int:
         return len(self.layouts)
 
     def to(self, device) -> "VLMInputs":
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.model_inputs.items()}
-        return VLMInputs(moved, self.layouts, self.prompts, self.images_per_sample)
+        sizes = self.image_sizes
+        if sizes is None and torch.is_tensor(self.model_inputs.get("image_sizes")):
+            sizes = self.model_inputs["image_sizes"].tolist()  # read before the move, once
+        return VLMInputs(moved, self.layouts, self.prompts, self.images_per_sample, sizes)
 
 
 class VLM:

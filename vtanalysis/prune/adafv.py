@@ -32,16 +32,25 @@ def t2i_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, temperatur
     return torch.softmax(temperature * (t @ v.T), dim=-1).max(dim=0).values
 
 
-def split_budget(t2i_sorted: torch.Tensor, sal_sorted: torch.Tensor, remaining: int) -> int:
-    """k1 in [0, remaining] maximising (sum of t2i_sorted[:k1]) * (sum of sal_sorted[:remaining-k1]) (eqs. 7-11)."""
-    zero = torch.zeros(1, dtype=torch.float64)
+def split_budget(t2i_sorted: torch.Tensor, sal_sorted: torch.Tensor, remaining: int) -> torch.Tensor:
+    """k1 in [0, remaining] maximising (sum of t2i_sorted[:k1]) * (sum of sal_sorted[:remaining-k1]) (eqs. 7-11).
+
+    Returns a 0-dim LongTensor on the scores' device (no host round trip)."""
+    device = t2i_sorted.device
+    zero = torch.zeros(1, dtype=torch.float64, device=device)
     a = torch.cat([zero, t2i_sorted.double().cumsum(0)])
     b = torch.cat([zero, sal_sorted.double().cumsum(0)])
-    k1 = torch.arange(remaining + 1)
+    k1 = torch.arange(remaining + 1, device=device)
     valid = (k1 < a.numel()) & (remaining - k1 < b.numel())
-    value = torch.full((remaining + 1,), -1.0, dtype=torch.float64)
-    value[valid] = a[k1[valid]] * b[remaining - k1[valid]]
-    return int(torch.argmax(value))
+    value = a[k1.clamp(max=a.numel() - 1)] * b[(remaining - k1).clamp(0, b.numel() - 1)]
+    return torch.argmax(torch.where(valid, value, -1.0))
+
+
+def _ranks(order: torch.Tensor) -> torch.Tensor:
+    """rank[i] = position of token i in `order` (the inverse permutation)."""
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank
 
 
 def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: float = 0.25) -> torch.Tensor:
@@ -53,9 +62,13 @@ def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: f
         keep: budget, 1 <= keep <= N.
         min_share: fraction of the budget each ranking gets first.
     Returns:
-        LongTensor [keep], ascending, no duplicates. Where both rankings pick the same token (the
-        authors' code keeps the duplicate), the freed slots go to the next best of the two
-        rankings in turn, T2I first.
+        LongTensor [keep], ascending, no duplicates, on the scores' device. Where both rankings
+        pick the same token (the authors' code keeps the duplicate), the freed slots go to the next
+        best of the two rankings in turn, T2I first.
+
+    The turn-by-turn fill is computed in one pass: after the first picks, turn 2r offers the T2I
+    ranking's next token r and turn 2r + 1 the saliency ranking's; a token joins at the first turn
+    that offers it, so the kept set is the `keep` tokens whose first offer comes earliest.
     """
     n = t2i.numel()
     floor = int(keep * min_share)
@@ -64,15 +77,8 @@ def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: f
     remaining = keep - 2 * floor
     k1 = split_budget(t2i[t_order[floor:]], saliency[s_order[floor:]], remaining)
     take_t, take_s = floor + k1, floor + remaining - k1
-    chosen = dict.fromkeys(t_order[:take_t].tolist())
-    chosen.update(dict.fromkeys(s_order[:take_s].tolist()))
-    turn = 0
-    while len(chosen) < min(keep, n):  # fill slots freed by duplicates
-        if turn % 2 == 0 and take_t < n:
-            chosen.setdefault(int(t_order[take_t]))
-            take_t += 1
-        elif take_s < n:
-            chosen.setdefault(int(s_order[take_s]))
-            take_s += 1
-        turn += 1
-    return torch.tensor(sorted(chosen), dtype=torch.long)
+    rank_t, rank_s = _ranks(t_order), _ranks(s_order)
+    first_picks = (rank_t < take_t) | (rank_s < take_s)
+    offer = torch.minimum(2 * (rank_t - take_t), 2 * (rank_s - take_s) + 1)
+    offer = torch.where(first_picks, -1, offer)
+    return torch.topk(-offer, min(keep, n)).indices.sort().values

@@ -35,7 +35,8 @@ from ..errors import VTAError
 
 @dataclass
 class StageInputs:
-    """What a method's chooser sees for one sample at one stage.
+    """What a method's chooser sees for one sample at one stage. Every tensor is on the model's
+    device, and a chooser returns its indices there too: nothing crosses to the host mid-prefill.
 
     In-LLM stages (layer K >= 1) get the attention fields; a pre-LLM stage (layer 0) gets the
     embedding and vision fields instead; the rest are None.
@@ -44,6 +45,8 @@ class StageInputs:
         columns: [n] layout columns of the current image tokens.
         grids: [(start, h, w)] in current-image index space, or None once a stage has broken the grids.
         newline: [n] bool, True for LLaVA-NeXT newline tokens.
+        newline_index, patch_index: indices of the newline and of the other tokens, ascending
+            (known without a device round trip at the first stage; see `split_newlines`).
         last_row: [n] head-mean attention of the last prompt token over the current image tokens (layer K-1).
         text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
         text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
@@ -58,6 +61,8 @@ class StageInputs:
     columns: torch.Tensor
     grids: list | None
     newline: torch.Tensor
+    newline_index: torch.Tensor | None = None
+    patch_index: torch.Tensor | None = None
     last_row: torch.Tensor | None = None
     text_to_text: torch.Tensor | None = None
     text_to_image: torch.Tensor | None = None
@@ -69,19 +74,33 @@ class StageInputs:
     vision_keys: torch.Tensor | None = None
 
 
+def split_newlines(inputs: StageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(newline indices, other indices) of the current image tokens, ascending."""
+    if inputs.newline_index is not None:
+        return inputs.newline_index, inputs.patch_index
+    return inputs.newline.nonzero().flatten(), (~inputs.newline).nonzero().flatten()
+
+
 @dataclass
 class Stage:
     """One pruning stage: layers >= `layer` see `keep(n_current)` image tokens chosen by `choose`."""
 
     layer: int
     keep: object  # callable: the sample's original image-token count -> tokens this stage keeps
-    # filled at prefill:
+    # filled at prefill (device tensors; the counts are host integers known from the plan):
     sel: torch.Tensor | None = None      # [B, Ls] indices into the previous stage's sequence
     pos: torch.Tensor | None = None      # [B, Ls] indices into the full (unpruned) sequence
     valid: torch.Tensor | None = None    # [B, Ls] False for fillers
     image: list = field(default_factory=list)    # per sample: indices (into this stage's seq) of image tokens
     columns: list = field(default_factory=list)  # per sample: layout columns of those tokens
     kept_counts: list = field(default_factory=list)
+    real: list = field(default_factory=list)     # per sample: tokens of this stage's sequence that are not fillers
+    fillers: bool = False                        # some sample is padded with fillers
+    dropped: torch.Tensor | None = None          # [B] prompt tokens dropped up to this stage
+
+
+# attention backends that run causal attention from attention_mask=None (the fast SDPA/flash kernels)
+CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
 class Pruner:
@@ -92,13 +111,18 @@ class Pruner:
         batch: its `VLMInputs`.
         stages: `Stage`s with increasing `layer` (>= 1).
         choose: callable(StageInputs, keep: int, stage_index: int) -> LongTensor [keep] of indices
-            into the current image tokens.
+            into the current image tokens, on the model's device.
         positions: "original" (kept tokens keep their RoPE positions) or "renumber".
         needs: what the chooser reads besides attention rows: "keys" (k_proj at each stage's layer,
             AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "cls" (vision [CLS]
             attention; the caller runs a `vision.VisionCapture` passed as `vision`).
         vision: the `VisionCapture` of this run, for a pre-LLM stage needing "cls".
         pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
+
+    Speed: everything a stage's layers need (gathered states, position ids, rotary tables, mask)
+    is built once when the stage starts and reused by its layers. A stage with no padding and no
+    fillers passes attention_mask=None under SDPA/flash, so the causal fast kernels run. The
+    selection stays on the device; host-side counts come from the plan, not from the device.
     """
 
     def __init__(self, vlm, batch, stages: list[Stage], choose, *, positions: str = "original",
@@ -120,9 +144,25 @@ class Pruner:
         self.layers = vlm.decoder_layers
         self.device = vlm.device
         self.prompt_len = batch.model_inputs["input_ids"].shape[1]
-        self.pad2d = None  # [B, total] bool, set at every language-model call
-        self.q_len = 0
+        self.padded = any(lay.first_position > 0 for lay in batch.layouts)  # left padding, known on the host
+        self.mask_free = self.lm.config._attn_implementation in CAUSAL_WITHOUT_MASK
+        self.stage_of = [max([i for i, st in enumerate(stages) if st.layer <= l], default=-1)
+                         for l in range(len(self.layers))]
+        # per-sample layout tensors, moved to the device once
+        dev = self.device
+        self.image_pos = [lay.image_positions.to(dev) for lay in batch.layouts]
+        self.text_pos = [lay.text_positions.to(dev) for lay in batch.layouts]
+        self.newline_col, self.newline_idx, self.patch_idx = [], [], []
+        for lay in batch.layouts:
+            is_newline = torch.zeros(lay.n_image_tokens, dtype=torch.bool)
+            is_newline[list(lay.newline_columns)] = True
+            self.newline_col.append(is_newline.to(dev))
+            self.newline_idx.append(is_newline.nonzero().flatten().to(dev))
+            self.patch_idx.append((~is_newline).nonzero().flatten().to(dev))
+        self.q_len = self.total_len = 0
+        self._lm_mask = None  # the language model call's 2-D padding mask, if it got one
         self._rows = {}
+        self._text_idx = {}
         self._per_call = {}  # (stage, purpose) -> tensors reused by every layer of a stage in one call
         self._orig = {}
 
@@ -150,16 +190,22 @@ class Pruner:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self.q_len = (embeds if embeds is not None else ids).shape[1]
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            self.pad2d = mask.bool().to(self.device)
-        else:  # no padding mask: every token is real
-            total = self.q_len if self.q_len > 1 else self.pad2d.shape[1] + 1
-            self.pad2d = torch.ones(len(self.batch), total, dtype=torch.bool, device=self.device)
+        self._lm_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if self.q_len > 1:
+            self.total_len = self.q_len
+        else:
+            self.total_len += 1
         self._per_call = {}
 
     @property
     def decoding(self) -> bool:
         return self.q_len == 1
+
+    def _pad2d(self) -> torch.Tensor:
+        """[B, total] bool: True for real (non-padding) tokens of the whole sequence so far."""
+        if self._lm_mask is not None:
+            return self._lm_mask.bool().to(self.device)
+        return torch.ones(len(self.batch), self.total_len, dtype=torch.bool, device=self.device)
 
     # -- scores at layer K-1 --------------------------------------------------------------------
     def _tap(self, s: int):
@@ -174,35 +220,34 @@ class Pruner:
         return callback
 
     def _prev(self, s: int):
-        """(pos [B, L], valid [B, L], image index per sample, columns per sample) entering stage s."""
+        """(pos [B, L], valid [B, L], image index per sample, columns per sample, image-token counts,
+        real-token counts) entering stage s."""
         if s > 0:
             p = self.stages[s - 1]
-            return p.pos, p.valid, p.image, p.columns
+            return p.pos, p.valid, p.image, p.columns, p.kept_counts, p.real
         b, length = len(self.batch), self.prompt_len
         pos = torch.arange(length, device=self.device).expand(b, length)
         valid = torch.ones(b, length, dtype=torch.bool, device=self.device)
-        image = [lay.image_positions.to(self.device) for lay in self.batch.layouts]
-        columns = [torch.arange(lay.n_image_tokens) for lay in self.batch.layouts]
-        return pos, valid, image, columns
+        columns = [torch.arange(lay.n_image_tokens, device=self.device) for lay in self.batch.layouts]
+        counts = [lay.n_image_tokens for lay in self.batch.layouts]
+        return pos, valid, self.image_pos, columns, counts, [length] * b
 
     def _text_index(self, s: int) -> list[torch.Tensor]:
-        pos = self._prev(s)[0]
-        return [torch.searchsorted(pos[b].contiguous(), lay.text_positions.to(self.device))
-                for b, lay in enumerate(self.batch.layouts)]
+        """Per sample: where the text tokens sit in the sequence entering stage s (computed once)."""
+        if s not in self._text_idx:
+            pos = self._prev(s)[0]
+            self._text_idx[s] = [torch.searchsorted(pos[b].contiguous(), t) for b, t in enumerate(self.text_pos)]
+        return self._text_idx[s]
 
     # -- the wrapped decoder layer ---------------------------------------------------------------
-    def _stage_of(self, l: int) -> int:
-        return max(i for i, st in enumerate(self.stages) if st.layer <= l)
-
     def _wrap(self, l: int, forward):
         def wrapped(hidden_states, *args, attention_mask=None, position_ids=None, position_embeddings=None, **kwargs):
-            s = self._stage_of(l)
+            s = self.stage_of[l]
             stage = self.stages[s]
             if l == stage.layer and not self.decoding:
                 if stage.sel is None:
                     self._select(s, hidden_states)
-                hidden_states = gather_seq(hidden_states,
-                                           append_generated(stage.sel, *self._extra_sel(s, hidden_states.shape[1])))
+                hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s)))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
             rope, ids = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
             return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
@@ -214,57 +259,62 @@ class Pruner:
             self._per_call[key] = make()
         return self._per_call[key]
 
-    def _prompt_len_of(self, s: int) -> int:
-        """Length of the prompt part of the sequence entering stage s."""
-        return self.prompt_len if s == 0 else self.stages[s - 1].sel.shape[1]
-
-    def _extra_sel(self, s: int, prev_len: int):
-        """(start, count) of generated tokens in the sequence entering stage s (no-cache generation
-        re-runs the whole sequence; generated tokens are always kept)."""
-        start = self._prompt_len_of(s)
-        return start, prev_len - start
+    def _seq_index(self, s: int) -> torch.Tensor:
+        """[B, Ls + generated]: indices into the sequence entering stage s of the tokens it keeps
+        (no-cache generation re-runs the whole sequence; generated tokens are always kept)."""
+        start = self.prompt_len if s == 0 else self.stages[s - 1].sel.shape[1]
+        extra = self.q_len - self.prompt_len
+        return append_generated(self.stages[s].sel, start, extra)
 
     def _select(self, s: int, hidden: torch.Tensor) -> None:
-        """Choose every sample's kept image tokens for stage s and build the stage's index tensors."""
+        """Choose every sample's kept image tokens for stage s and build the stage's index tensors.
+
+        Counts (tokens kept, sequence lengths) are host integers from the plan and the layouts, so
+        building the stage makes no device round trip; only the chooser's own work runs per sample.
+        """
         stage = self.stages[s]
-        pos_prev, valid_prev, image_prev, cols_prev = self._prev(s)
-        chosen_all = []
+        pos_prev, valid_prev, image_prev, cols_prev, counts_prev, real_prev = self._prev(s)
+        chosen_all, kept = [], []
         for b, lay in enumerate(self.batch.layouts):
             img = image_prev[b]
             inputs = StageInputs(columns=cols_prev[b], grids=[(g.start, *g.shape) for g in lay.grids] if s == 0 else None,
-                                 newline=torch.isin(cols_prev[b], torch.tensor(lay.newline_columns, dtype=torch.long)))
+                                 newline=self.newline_col[b][cols_prev[b]])
+            if s == 0:
+                inputs.newline_index, inputs.patch_index = self.newline_idx[b], self.patch_idx[b]
             if stage.layer == 0:
-                self._embedding_inputs(inputs, b, lay, hidden, img)
+                self._embedding_inputs(inputs, b, hidden, img)
             else:
                 self._attention_inputs(inputs, s, b, hidden, img)
-            k = min(stage.keep(lay.n_image_tokens), len(img))
-            chosen = self.choose(inputs, k, s).cpu().sort().values
-            if chosen.numel() != k or chosen.unique().numel() != k:
-                raise RuntimeError(f"a selection returned {chosen.numel()} indices ({chosen.unique().numel()} unique) "
-                                   f"for keep={k}")
-            chosen_all.append(chosen)
-        # real tokens kept per sample (fillers of an earlier stage are not real)
-        kept_len = [int(valid_prev[b].sum()) - len(img) + len(ch)
-                    for b, (img, ch) in enumerate(zip(image_prev, chosen_all))]
-        new_len = max(kept_len)
-        sels, valids, images, columns = [], [], [], []
+            k = min(stage.keep(lay.n_image_tokens), counts_prev[b])
+            chosen = self.choose(inputs, k, s).to(self.device)
+            if chosen.shape != (k,):
+                raise RuntimeError(f"a selection returned {tuple(chosen.shape)} indices for keep={k}")
+            chosen_all.append(chosen.sort().values)
+            kept.append(k)
+        real = [real_prev[b] - counts_prev[b] + k for b, k in enumerate(kept)]
+        new_len = max(real)
+        keep_mask = valid_prev.clone()
         for b, chosen in enumerate(chosen_all):
-            img = image_prev[b]
-            keep_mask = valid_prev[b].clone()
-            keep_mask[img] = False
-            keep_mask[img[chosen.to(self.device)]] = True
-            take = keep_mask.clone()
-            take[(~keep_mask).nonzero().flatten()[: new_len - kept_len[b]]] = True  # fillers pad short samples
-            sel = take.nonzero().flatten()
-            sels.append(sel)
-            valids.append(keep_mask[sel])
-            images.append(torch.searchsorted(sel, img[chosen.to(self.device)]))
-            columns.append(cols_prev[b][chosen])
-        stage.sel = torch.stack(sels)
+            keep_mask[b, image_prev[b]] = False
+            keep_mask[b, image_prev[b][chosen]] = True
+        take = keep_mask
+        stage.fillers = len(set(real)) > 1
+        if stage.fillers:  # pad short samples with their first dropped tokens (masked out as keys)
+            dropped = ~keep_mask
+            need = new_len - keep_mask.sum(1, keepdim=True)
+            take = keep_mask | (dropped & (dropped.cumsum(1) <= need))
+        rank = take.cumsum(1) - 1  # a taken token's index in the new sequence
+        length = take.shape[1]
+        dest = torch.where(take, rank, new_len)
+        sel = torch.zeros(len(real), new_len + 1, dtype=torch.long, device=self.device)
+        sel.scatter_(1, dest, torch.arange(length, device=self.device).expand(len(real), length))
+        stage.sel = sel[:, :new_len]
         stage.pos = pos_prev.gather(1, stage.sel)
-        stage.valid = torch.stack(valids) & valid_prev.gather(1, stage.sel)
-        stage.image, stage.columns = images, columns
-        stage.kept_counts = [len(c) for c in columns]
+        stage.valid = keep_mask.gather(1, stage.sel)
+        stage.dropped = self.prompt_len - stage.valid.sum(1)
+        stage.image = [rank[b, image_prev[b][c]] for b, c in enumerate(chosen_all)]
+        stage.columns = [cols_prev[b][c] for b, c in enumerate(chosen_all)]
+        stage.kept_counts, stage.real = kept, real
         self._rows.pop(s, None)
 
     def _attention_inputs(self, inputs: StageInputs, s: int, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
@@ -273,39 +323,47 @@ class Pruner:
         n_text = len(text_idx[b])
         p = probs[b].float()
         text = p[:, :n_text]
-        inputs.last_row = text[:, -1, img].mean(0).cpu()
-        inputs.text_to_text = text[:, :, text_idx[b]].cpu()
-        inputs.text_to_image = text[:, :, img].cpu()
+        inputs.last_row = text[:, -1, img].mean(0)
+        inputs.text_to_text = text[:, :, text_idx[b]]
+        inputs.text_to_image = text[:, :, img]
         if "image_rows" in self.needs:
-            inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img].cpu()
+            inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img]
         if "keys" in self.needs:
             with torch.no_grad():
-                inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float().cpu()
+                inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float()
 
-    def _embedding_inputs(self, inputs: StageInputs, b: int, lay, hidden: torch.Tensor, img: torch.Tensor) -> None:
+    def _embedding_inputs(self, inputs: StageInputs, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the pre-LLM fields from the embeddings entering layer 0 and the vision capture."""
-        inputs.text_embeds = hidden[b, lay.text_positions.to(hidden.device)].float().cpu()
-        inputs.image_embeds = hidden[b, img].float().cpu()
+        inputs.text_embeds = hidden[b, self.text_pos[b]].float()
+        inputs.image_embeds = hidden[b, img].float()
         if "cls" in self.needs:
             inputs.saliency, inputs.vision_keys = self.vision.columns(self.batch)[b]
 
     # -- masks and positions ------------------------------------------------------------------------
+    def _needs_mask(self, s: int) -> bool:
+        return self.padded or self.stages[s].fillers
+
     def _keys_ok(self, s: int) -> torch.Tensor:
         """[B, Ls + generated]: keys of stage s's sequence that queries may attend to."""
-        stage = self.stages[s]
-        prompt = stage.valid & self.pad2d.gather(1, stage.pos)
-        return torch.cat([prompt, self.pad2d[:, self.prompt_len:]], dim=1)
+        stage, pad2d = self.stages[s], self._pad2d()
+        prompt = stage.valid & pad2d.gather(1, stage.pos)
+        return torch.cat([prompt, pad2d[:, self.prompt_len:]], dim=1)
 
-    def _mask(self, s: int, dtype) -> torch.Tensor:
-        """Additive mask [B, 1, q, keys]: causal in kept order, padding and fillers masked."""
-        ok = self._keys_ok(s)
+    def _mask(self, s: int, dtype) -> torch.Tensor | None:
+        """Additive mask [B, 1, q, keys] (causal in kept order, padding and fillers masked), or None
+        where plain causal attention is the same thing (no padding, no fillers)."""
+        if not self._needs_mask(s) and (self.decoding or self.mask_free):
+            return None
+        ok = self._keys_ok(s) if self._needs_mask(s) else None
         if self.decoding:
             allowed = ok[:, None, None, :]
         else:
-            n = ok.shape[1]
-            eye = torch.eye(n, dtype=torch.bool, device=ok.device)
-            allowed = ((torch.tril(torch.ones(n, n, dtype=torch.bool, device=ok.device)) & ok[:, None, :]) | eye)[:, None]
-        return torch.zeros((), dtype=dtype, device=ok.device).masked_fill(~allowed, torch.finfo(dtype).min)
+            n = ok.shape[1] if ok is not None else self.stages[s].sel.shape[1] + self.q_len - self.prompt_len
+            allowed = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
+            if ok is not None:
+                allowed = (allowed & ok[:, None, :]) | torch.eye(n, dtype=torch.bool, device=self.device)
+            allowed = allowed.expand(len(self.batch), n, n)[:, None]
+        return torch.zeros((), dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _rope(self, s, position_embeddings, position_ids, hidden):
         """(cos, sin) and position ids for stage s's tokens."""
@@ -320,8 +378,7 @@ class Pruner:
             return (gather_seq(cos, pos), gather_seq(sin, pos)), ids
         orig = position_ids.expand(b, -1)
         if self.decoding:
-            dropped = self.prompt_len - stage.valid.sum(1)
-            ids = orig - dropped[:, None]
+            ids = orig - stage.dropped[:, None]
         else:
             pos = self._tail_pos(s)
             extra = pos.shape[1] - stage.pos.shape[1]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import VTAError
 from . import adafv, adaptinfer, adaptprune, fastv, visionzip
 from .budget import keep_count
+from .engine import split_newlines
 
 
 @dataclass(frozen=True)
@@ -152,16 +153,17 @@ def choose_pyramid(inputs, keep, stage):
 
 
 def choose_none(inputs, keep, stage):
-    return torch.arange(keep)
+    return torch.arange(keep, device=inputs.columns.device)
 
 
 def choose_random(inputs, keep, stage):
     g = torch.Generator().manual_seed(0)
-    return torch.randperm(len(inputs.columns), generator=g)[:keep].sort().values
+    return torch.randperm(len(inputs.columns), generator=g)[:keep].sort().values.to(inputs.columns.device)
 
 
 def choose_last(inputs, keep, stage):
-    return torch.arange(len(inputs.columns) - keep, len(inputs.columns))
+    n = len(inputs.columns)
+    return torch.arange(n - keep, n, device=inputs.columns.device)
 
 
 def _on_grids(inputs, transform):
@@ -178,28 +180,32 @@ def choose_avgpool(inputs, keep, stage):
     return fastv.select(pooled, keep)
 
 
-def _one_per_block(inputs, keep, pick):
-    """Table 5: one candidate per 3x3 block (by `pick`), then the top-k candidates by score."""
+def _one_per_block(inputs, keep, values):
+    """Table 5: one candidate per 3x3 block (the cell where `values` peaks, first in row-major
+    order on ties), then the top-k candidates by score. values: [n] over the current image tokens."""
     scores = inputs.last_row
     candidates = torch.zeros_like(scores, dtype=torch.bool)
+    blocks = 0
     for start, h, w in inputs.grids or []:
-        for y in range(0, h, 3):
-            for x in range(0, w, 3):
-                cells = torch.tensor([start + yy * w + xx for yy in range(y, min(y + 3, h)) for xx in range(x, min(x + 3, w))])
-                candidates[cells[pick(scores[cells])]] = True
-    if int(candidates.sum()) < keep:  # fewer blocks than the budget: fill by score
-        rest = fastv.select(scores.masked_fill(candidates, float("-inf")), keep - int(candidates.sum()))
+        ph, pw = -h % 3, -w % 3  # pad partial blocks at the bottom/right edge with -inf
+        grid = F.pad(values[start:start + h * w].view(1, 1, h, w), (0, pw, 0, ph), value=float("-inf"))
+        _, idx = F.max_pool2d(grid, 3, 3, return_indices=True)  # flat index into the padded plane per block
+        idx = idx.flatten()
+        candidates[start + idx // (w + pw) * w + idx % (w + pw)] = True
+        blocks += idx.numel()
+    if blocks < keep:  # fewer blocks than the budget: fill by score
+        rest = fastv.select(scores.masked_fill(candidates, float("-inf")), keep - blocks)
         candidates[rest] = True
     return fastv.select(scores.masked_fill(~candidates, float("-inf")), keep)
 
 
 def choose_max_block(inputs, keep, stage):
-    return _one_per_block(inputs, keep, lambda s: int(torch.argmax(s)))
+    return _one_per_block(inputs, keep, inputs.last_row)
 
 
 def choose_random_block(inputs, keep, stage):
     g = torch.Generator().manual_seed(0)
-    return _one_per_block(inputs, keep, lambda s: int(torch.randint(len(s), (1,), generator=g)))
+    return _one_per_block(inputs, keep, torch.rand(len(inputs.columns), generator=g).to(inputs.last_row.device))
 
 
 def choose_skip(inputs, keep, stage):
@@ -225,9 +231,9 @@ def choose_sparsevlm(inputs, keep, stage):
     tv = inputs.text_to_image.mean(0)  # [T, n]
     mass = tv.sum(1)
     raters = mass > mass.mean()
-    if not raters.any():  # all text tokens attend equally: everyone rates
-        raters = torch.ones_like(raters)
-    return fastv.select(tv[raters].mean(0), keep)
+    raters = raters | ~raters.any()  # all text tokens attend equally: everyone rates
+    weight = raters.float() / raters.sum()
+    return fastv.select(weight @ tv, keep)
 
 
 # -- pre-LLM choosers --------------------------------------------------------------------------------
@@ -235,8 +241,8 @@ def among_patches(pick):
     """A pre-LLM chooser: LLaVA-NeXT newline tokens are kept first (as FasterVLM's code keeps them),
     counted in the budget; the rest goes to `pick(inputs, patches, k)` -> indices into `patches`."""
     def choose(inputs, keep, stage):
-        newlines = inputs.newline.nonzero().flatten()[:keep]
-        patches = (~inputs.newline).nonzero().flatten()
+        newlines, patches = split_newlines(inputs)
+        newlines = newlines[:keep]
         k = keep - len(newlines)
         picked = patches[pick(inputs, patches, k)] if k > 0 else patches[:0]
         return torch.cat([newlines, picked]).sort().values
@@ -262,7 +268,7 @@ def pick_fixed_mixture(inputs, patches, k):
 
 
 def choose_visionzip(inputs, keep, stage):
-    return visionzip.plan(inputs.saliency, inputs.vision_keys, inputs.newline, keep)[0]
+    return visionzip.plan(inputs.saliency, inputs.vision_keys, split_newlines(inputs), keep)[0]
 
 
 def prepare_visionzip(vlm, batch, stage, capture):

@@ -26,7 +26,8 @@ class RunResult:
         kept: per stage, per sample: LongTensor of kept layout columns (image-token columns).
         kept_grid: per stage, per sample: list of (grid index, row, col) of kept grid tokens.
         flops, flops_unpruned: per-sample prefill FLOPs (formula in `prune.flops`), and their ratio.
-        prefill_s, decode_s: wall time of the prefill call and of all decoding steps.
+        prefill_s, decode_s: time of the language model's prefill call and of all decoding steps
+            (CUDA: between CUDA events around each call; CPU: wall time).
         kv_cache_bytes: size of the KV cache at the end of generation (0 with use_cache=False).
     """
 
@@ -70,24 +71,32 @@ def _grid_coords(layout, columns: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 class _Timer:
-    """Wall time of each language-model call (the first is the prefill)."""
+    """Time of each language-model call (the first is the prefill).
+
+    On CUDA, elapsed time between CUDA events recorded when each call starts and ends (launch
+    gaps included, no host synchronisation during generation; read once at the end); elsewhere
+    wall time.
+    """
 
     def __init__(self, module, device):
-        self.times, self.device = [], device
-        self.pre = module.register_forward_pre_hook(self._start)
-        self.post = module.register_forward_hook(self._stop)
+        self.cuda = device.type == "cuda"
+        self.marks = []
+        self.pre = module.register_forward_pre_hook(lambda *_: self.marks.append([self._now(), None]))
+        self.post = module.register_forward_hook(lambda *_: self.marks[-1].__setitem__(1, self._now()))
 
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
 
-    def _start(self, *_):
-        self._sync()
-        self.t0 = time.perf_counter()
-
-    def _stop(self, *_):
-        self._sync()
-        self.times.append(time.perf_counter() - self.t0)
+    @property
+    def times(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in self.marks if b is not None]
+        return [b - a for a, b in self.marks if b is not None]
 
     def remove(self):
         self.pre.remove()
@@ -149,6 +158,12 @@ def _cache_bytes(cache) -> int:
 
 
 def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
+    for st in stages:  # checked once here, not mid-prefill: a duplicate would have been a silent filler
+        for cols in st.columns:
+            if cols.unique().numel() != cols.numel():
+                raise RuntimeError(f"method '{method}' selected a token twice at layer {st.layer}; a chooser must "
+                                   "return distinct indices.")
+    stages = [_on_host(st) for st in stages]
     cfg = vlm.config.text_config
     d, m, depth = cfg.hidden_size, cfg.intermediate_size, vlm.num_layers
     flops, full = [], []
@@ -169,6 +184,12 @@ def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
         kept_grid=[[_grid_coords(lay, cols) for lay, cols in zip(batch.layouts, st.columns)] for st in stages],
         flops=flops, flops_unpruned=full, prefill_s=times[0] if times else 0.0, decode_s=sum(times[1:]),
         kept_counts=[st.kept_counts for st in stages])
+
+
+def _on_host(stage: Stage) -> Stage:
+    """The stage with its kept columns on the CPU (the one transfer of a run, at the end)."""
+    stage.columns = [c.cpu() for c in stage.columns]
+    return stage
 
 
 def select(name: str, vlm, batch, keep: float | int = 0.25, **knobs) -> list[list[torch.Tensor]]:

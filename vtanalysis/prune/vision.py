@@ -58,12 +58,13 @@ class VisionCapture:
         self._columns = None
 
     def columns(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per sample (saliency [n_image_tokens], keys [n_image_tokens, d]) on CPU, in layout-column
-        order (NaN at newline columns); arranged once per run, shared by the engine and VisionZip."""
+        """Per sample (saliency [n_image_tokens], keys [n_image_tokens, d]) on the model's device, in
+        layout-column order (NaN at newline columns); arranged once per run, shared by the engine and
+        VisionZip."""
         if self._columns is None:
             sal = to_columns(self.vlm, batch, self.saliency[..., None])
             keys = to_columns(self.vlm, batch, self.keys)
-            self._columns = [(a[:, 0].cpu(), k.cpu()) for a, k in zip(sal, keys)]
+            self._columns = [(a[:, 0], k) for a, k in zip(sal, keys)]
         return self._columns
 
     def _record(self, module, query, key, attention_mask, scaling):
@@ -96,8 +97,9 @@ def to_columns(vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:
     per_input = per_input.float()
     if hasattr(model, "pack_image_features"):
         sizes = batch.model_inputs["image_sizes"]
+        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()
         counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
-                  for s in sizes.tolist()]
+                  for s in host_sizes]
         nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
         packed, _ = model.pack_image_features(list(per_input.split(counts)), sizes, "default", image_newline=nan)
     else:

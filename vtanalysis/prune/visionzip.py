@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .indices import true_indices
 from .vision import projector_rows
 
 CONTEXTUAL_SHARE = 10 / 64
@@ -29,7 +30,7 @@ def split(keep: int, contextual: int | None = None) -> tuple[int, int]:
 
 
 def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual: int | None = None):
-    """Choose dominant and contextual tokens.
+    """Choose dominant and contextual tokens (on the inputs' device).
 
     Args:
         saliency: [N] [CLS] attention per patch token.
@@ -41,21 +42,24 @@ def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual:
         owner: LongTensor [N]: the kept token whose merged feature includes token j (j itself for
             dominant tokens and targets), or -1 where the token is dropped (only when contextual = 0).
     """
-    n = saliency.numel()
+    n, device = saliency.numel(), saliency.device
     n_dom, n_ctx = split(keep, contextual)
     dominant = torch.topk(saliency.float(), n_dom).indices
-    is_rest = torch.ones(n, dtype=torch.bool)
+    is_rest = torch.ones(n, dtype=torch.bool, device=device)
     is_rest[dominant] = False
-    rest = is_rest.nonzero().flatten()
-    owner = torch.full((n,), -1, dtype=torch.long)
+    n_rest = n - n_dom
+    owner = torch.full((n,), -1, dtype=torch.long, device=device)
     owner[dominant] = dominant
-    if n_ctx == 0 or rest.numel() == 0:
+    if n_ctx == 0 or n_rest == 0:
         return dominant.sort().values, owner
-    step = max(1, rest.numel() // n_ctx)
-    targets = rest[torch.arange(0, rest.numel(), step)[:n_ctx]]
+    rest = true_indices(is_rest, n_rest)
+    step = max(1, n_rest // n_ctx)
+    targets = rest[torch.arange(0, n_rest, step, device=device)[:n_ctx]]
     owner[targets] = targets
-    others = rest[owner[rest] < 0]
-    if others.numel():
+    is_rest[targets] = False
+    n_others = n_rest - targets.numel()
+    if n_others:
+        others = true_indices(is_rest, n_others)
         sim = F.normalize(keys[others].float(), dim=-1) @ F.normalize(keys[targets].float(), dim=-1).T
         owner[others] = targets[sim.argmax(dim=1)]
     return torch.cat([dominant, targets]).sort().values, owner
@@ -63,32 +67,34 @@ def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual:
 
 def merge(features: torch.Tensor, owner: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Mean of each kept token's group: features [N, D] -> [len(kept), D] (dropped tokens ignored)."""
-    slot = torch.full((features.shape[0],), -1, dtype=torch.long)
-    slot[kept] = torch.arange(len(kept))
+    device = features.device
+    owner, kept = owner.to(device), kept.to(device)
+    slot = torch.full((features.shape[0],), -1, dtype=torch.long, device=device)
+    slot[kept] = torch.arange(len(kept), device=device)
     group = torch.where(owner >= 0, slot[owner.clamp_min(0)], -1)
-    members = (group >= 0).nonzero().flatten()
-    group = group[members].to(features.device)
-    sums = torch.zeros(len(kept), features.shape[1], dtype=torch.float32, device=features.device)
-    sums.index_add_(0, group, features[members.to(features.device)].float())
-    counts = torch.zeros(len(kept), device=features.device).index_add_(0, group, torch.ones(len(group), device=features.device))
+    member = (group >= 0).float()  # dropped tokens (and tokens of unlisted groups) add zero
+    group = group.clamp_min(0)
+    sums = torch.zeros(len(kept), features.shape[1], dtype=torch.float32, device=device)
+    sums.index_add_(0, group, features.float() * member[:, None])
+    counts = torch.zeros(len(kept), device=device).index_add_(0, group, member)
     return (sums / counts[:, None]).to(features.dtype)
 
 
-def plan(saliency: torch.Tensor, keys: torch.Tensor, newline: torch.Tensor, keep: int, *,
+def plan(saliency: torch.Tensor, keys: torch.Tensor, newline_split: tuple[torch.Tensor, torch.Tensor], keep: int, *,
          contextual: int | None = None):
     """`select` over one image block's layout columns, LLaVA-NeXT newline tokens kept first (as in
-    FasterVLM's code) and counted in the budget. saliency [n], keys [n, d], newline [n] bool.
+    FasterVLM's code) and counted in the budget. saliency [n], keys [n, d]; newline_split =
+    (newline indices, other indices), as `engine.split_newlines` gives.
     Returns (kept [keep], owner [n]) in column indices."""
-    newlines = newline.nonzero().flatten()[:keep]
-    patches = (~newline).nonzero().flatten()
-    owner = torch.full((newline.numel(),), -1, dtype=torch.long)
+    newlines, patches = newline_split
+    newlines = newlines[:keep]
+    owner = torch.full((saliency.numel(),), -1, dtype=torch.long, device=saliency.device)
     owner[newlines] = newlines
     k = keep - len(newlines)
     if k <= 0:
         return newlines, owner
     kept, sub_owner = select(saliency[patches], keys[patches], k, contextual=contextual)
-    owned = sub_owner >= 0
-    owner[patches[owned]] = patches[sub_owner[owned]]
+    owner[patches] = torch.where(sub_owner >= 0, patches[sub_owner.clamp_min(0)], -1)
     return torch.cat([newlines, patches[kept]]).sort().values, owner
 
 
@@ -117,18 +123,24 @@ class ProjectorMerge:
     def _merge(self, module, args, output):
         feats = args[0]  # [V, N, Dv]
         n_inputs, n_patches = feats.shape[:2]
-        rows = projector_rows(self.vlm, self.batch, n_patches, n_inputs)
+        device = output.device
+        rows = projector_rows(self.vlm, self.batch, n_patches, n_inputs)  # layout info, built on the host
         columns = self.capture.columns(self.batch)
         flat_in = feats.reshape(n_inputs * n_patches, -1)
-        flat_out = output.reshape(n_inputs * n_patches, -1).clone()
+        # one spare row at the end takes the writes of kept tokens that are not merged
+        flat_out = torch.cat([output.reshape(n_inputs * n_patches, -1), output.new_zeros(1, output.shape[-1])])
+        spare = n_inputs * n_patches
         for b, lay in enumerate(self.batch.layouts):
-            r = rows[b].cpu()
-            kept, owner = plan(*columns[b], r < 0, min(self.keep_of(lay.n_image_tokens), len(r)),
+            r = rows[b]
+            newline = r < 0
+            split_cols = (newline.nonzero().flatten().to(device), (~newline).nonzero().flatten().to(device))
+            r = r.to(device)
+            kept, owner = plan(*columns[b], split_cols, min(self.keep_of(lay.n_image_tokens), len(r)),
                                contextual=self.contextual)
-            group_size = torch.bincount(owner[owner >= 0], minlength=len(r))
-            targets = kept[(r[kept] >= 0) & (group_size[kept] > 1)]
-            if not len(targets):
-                continue
-            merged = merge(flat_in[r.clamp_min(0)], owner, targets)  # [len(targets), Dv]
-            flat_out[r[targets].to(flat_out.device)] = module.forward(merged).to(flat_out.dtype)  # no hook recursion
-        return flat_out.view_as(output)
+            group_size = torch.zeros(len(r), dtype=torch.long, device=device).index_add_(
+                0, owner.clamp_min(0), (owner >= 0).long())
+            merged_here = (r[kept] >= 0) & (group_size[kept] > 1)
+            merged = merge(flat_in[r.clamp_min(0)], owner, kept)  # [len(kept), Dv]
+            projected = module.forward(merged).to(flat_out.dtype)  # module.forward: no hook recursion
+            flat_out[torch.where(merged_here, r[kept], spare)] = projected
+        return flat_out[:spare].view_as(output)
