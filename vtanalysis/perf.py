@@ -19,6 +19,7 @@ for tests and benchmarks, not for production runs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 
@@ -58,6 +59,21 @@ def _is_sync(func, args) -> bool:
         return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
                    for t in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
     return False
+
+
+@contextlib.contextmanager
+def deliberate_sync(device: torch.device):
+    """Mark a host round trip the code means to make (e.g. a loop's stopping check), so a run under
+    `torch.cuda.set_sync_debug_mode("error")` still flags every other one."""
+    if device.type != "cuda" or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 class HostRoundTrips(TorchDispatchMode):
@@ -123,7 +139,8 @@ class HostRoundTrips(TorchDispatchMode):
 
 
 class DispatchCounter(TorchDispatchMode):
-    """Count the aten ops dispatched inside each watched module's forward (one op = one GPU launch).
+    """Count the aten ops dispatched inside each watched module's forward (one op ~ one GPU launch;
+    view ops such as `view`, `expand` and `transpose` launch nothing and are not counted).
 
     Args:
         modules: e.g. `vlm.decoder_layers`; ops are attributed to the innermost running one.
@@ -141,16 +158,20 @@ class DispatchCounter(TorchDispatchMode):
         self._handles = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self._stack:
-            self.per_layer[self._stack[-1]] += 1
-        else:
-            self.outside += 1
+        if not func.is_view:
+            if self._stack:
+                self.per_layer[self._stack[-1]] += 1
+            else:
+                self.outside += 1
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
+        def leave(*_):
+            self._stack.pop()  # returns None: a forward hook's return value would replace the output
+
         for i, m in enumerate(self.modules):
             self._handles.append(m.register_forward_pre_hook(lambda *_, i=i: self._stack.append(i)))
-            self._handles.append(m.register_forward_hook(lambda *_: self._stack.pop()))
+            self._handles.append(m.register_forward_hook(leave))
         return super().__enter__()
 
     def __exit__(self, *exc):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import VTAError
 from ..models.layout import TokenLayout
-from .rows import attention_rows, pad_rows
+from .rows import attention_rows, causal_blocked, pad_rows
 from .tap import tap_attention
 
 
@@ -118,10 +118,14 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
     rows = pad_rows([lay.text_positions for lay in batch.layouts]).to(device)
     cols = pad_rows([torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]).to(device)
     per_layer: dict[int, torch.Tensor] = {}  # layer -> [B, 1 or H, R, C], kept on the model's device
+    blocked = {}  # (Lq, Lk) -> the causal mask of the rows, built once for all layers
 
     def make_callback(layer_idx):
         def callback(module, query, key, attention_mask, scaling):
-            probs = attention_rows(query, key, attention_mask, scaling, rows)  # [B, H, R, Lk]
+            shape = (query.shape[2], key.shape[2])
+            if attention_mask is None and shape not in blocked:
+                blocked[shape] = causal_blocked(rows, *shape)
+            probs = attention_rows(query, key, attention_mask, scaling, rows, blocked=blocked.get(shape))
             if heads == "mean":
                 probs = probs.mean(dim=1, keepdim=True)
             index = cols[:, None, None, :].expand(*probs.shape[:3], cols.shape[1])

@@ -5,7 +5,7 @@ import torch
 
 
 def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
-                   scaling: float, rows: torch.Tensor) -> torch.Tensor:
+                   scaling: float, rows: torch.Tensor, *, blocked: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention of selected query rows against all keys.
 
     Implements A[b, h, r, :] = softmax_j(q[b, h, rows[b, r]] . k[b, h // g, j] * scaling + M[b, rows[b, r], j]),
@@ -18,6 +18,8 @@ def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
             additive float mask of that shape, as the model passed it to its attention function.
         scaling: the softmax scale (1 / sqrt(D) for these families).
         rows: LongTensor [B, R] of query indices (into Lq) per sample.
+        blocked: `causal_blocked(rows, Lq, Lk)`, when the caller reuses it across layers (only read
+            when attention_mask is None).
     Returns:
         float32 [B, H, R, Lk]; cost O(B * H * R * Lk * D) instead of O(B * H * Lq * Lk * D).
     """
@@ -28,9 +30,9 @@ def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
     q = q.view(b, hkv, h // hkv, idx.shape[1], d)
     scores = torch.matmul(q, key.float()[:, :, None].transpose(-1, -2)).view(b, h, idx.shape[1], lk) * scaling
     if attention_mask is None:
-        # Queries are the last Lq of Lk positions (prefill: Lq == Lk).
-        allowed = torch.arange(lk, device=query.device)[None, :] <= (idx[..., None] + (lk - lq))
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        if blocked is None:
+            blocked = causal_blocked(idx, lq, lk)
+        scores = scores.masked_fill(blocked, float("-inf"))
     else:
         mask = attention_mask.expand(b, -1, -1, -1)[:, :, :, :lk]
         picked = mask.gather(2, idx[:, None, :, None].expand(b, mask.shape[1], idx.shape[1], lk))
@@ -39,6 +41,13 @@ def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
         else:
             scores = scores + picked.float()
     return torch.softmax(scores, dim=-1)
+
+
+def causal_blocked(rows: torch.Tensor, lq: int, lk: int) -> torch.Tensor:
+    """[B, 1, R, Lk] bool: True where key j lies after query rows[b, r] (queries are the last Lq of
+    Lk positions; prefill: Lq == Lk)."""
+    allowed = torch.arange(lk, device=rows.device)[None, :] <= (rows[..., None] + (lk - lq))
+    return ~allowed[:, None]
 
 
 def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:

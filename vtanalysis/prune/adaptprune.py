@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from ..perf import deliberate_sync
+
 LAYER = 2
 KEEP = 0.1
 
@@ -144,8 +146,9 @@ def nms_union(scores: torch.Tensor, keys: torch.Tensor | None, grids, keep: int,
             rounds += 1
             if rounds >= min(check_at, n):
                 # host check every so often: a pick above every unpicked score is final
-                if rounds >= n or bool((gain > current.max()).sum() >= keep):
-                    break
+                with deliberate_sync(device):
+                    if rounds >= n or bool((gain > current.max()).sum() >= keep):
+                        break
                 check_at = rounds + max(4, rounds // 2)
     order = torch.sort(gain, descending=True, stable=True).indices  # ties: lower index first, as argmax
     return order[:keep].sort().values

@@ -193,9 +193,9 @@ def _one_per_block(inputs, keep, values):
         idx = idx.flatten()
         candidates[start + idx // (w + pw) * w + idx % (w + pw)] = True
         blocks += idx.numel()
-    if blocks < keep:  # fewer blocks than the budget: fill by score
-        rest = fastv.select(scores.masked_fill(candidates, float("-inf")), keep - blocks)
-        candidates[rest] = True
+    # fewer blocks than the budget: fill by score (run always, possibly for 0 tokens: same ops at every keep)
+    rest = fastv.select(scores.masked_fill(candidates, float("-inf")), max(0, keep - blocks))
+    candidates[rest] = True
     return fastv.select(scores.masked_fill(~candidates, float("-inf")), keep)
 
 
