@@ -26,26 +26,6 @@ def assert_rows_equal_eager(vlm, batch, rec, atol=1e-5):
 
 
 def lm_inputs(vlm, batch):
-    """inputs_embeds and position ids exactly as the model hands them to its language model."""
-    lm = vlm.adapter.language_model(vlm.model)
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def grab(module, args, kwargs):
-        seen.update(kwargs)
-        raise Stop
-
-    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        vlm.model(**batch.model_inputs)
-    except Stop:
-        pass
-    finally:
-        handle.remove()
-    embeds = seen["inputs_embeds"]
-    pos = seen.get("position_ids")
-    if pos is None:
-        pos = torch.arange(embeds.shape[1])[None]
-    return lm, embeds, pos
+    """The language model, and inputs_embeds and position ids exactly as the model hands them to it."""
+    embeds, pos = vlm.language_model_inputs(batch)
+    return vlm.adapter.language_model(vlm.model), embeds.clone(), pos.clone()

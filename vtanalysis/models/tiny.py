@@ -182,23 +182,30 @@ def real_config(folder) -> dict:
 
 
 def from_real_files(folder, *, seed: int = 0, device="cpu", dtype=torch.float32, attn_implementation: str = "sdpa",
-                    **scale) -> VLM:
+                    full_size: bool = False, **scale) -> VLM:
     """A random-weight model on a released model's config and processor files (no weights needed).
 
     `scale` goes to `scale_down_config` (hidden, layers, heads, kv_heads, intermediate, ...):
     depth and widths shrink, while vocabulary, image size, patch size, token ids and grid
-    settings stay real, so the real processor gives real token counts.
+    settings stay real, so the real processor gives real token counts. `full_size=True` keeps the
+    released config as it is (a 7B model: build it on a GPU, `device="cuda"`, in bfloat16).
+    The weights are created directly on `device`; torch's default dtype is left as it was.
     """
-    config = transformers.AutoConfig.for_model(**scale_down_config(real_config(folder), **scale))
+    cfg = real_config(folder)
+    if not full_size:
+        cfg = scale_down_config(cfg, **scale)
+    config = transformers.AutoConfig.for_model(**cfg)
     config.text_config._attn_implementation = attn_implementation
     adapter = adapter_for(config)
     torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        model = getattr(transformers, adapter.model_class)(config)
+        with torch.device(device):
+            model = getattr(transformers, adapter.model_class)(config)
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(previous)
     model.set_attn_implementation(attn_implementation)
     extra = NEXT_PROCESSOR_KWARGS if adapter.model_class == "LlavaNextForConditionalGeneration" else {}
     processor = transformers.AutoProcessor.from_pretrained(folder, **extra)
-    return VLM(model.to(device), processor, adapter, name=f"random-{Path(folder).name}")
+    return VLM(model.eval(), processor, adapter, name=f"random-{Path(folder).name}")

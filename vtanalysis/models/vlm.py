@@ -85,6 +85,32 @@ class VLM:
     def num_layers(self) -> int:
         return len(self.decoder_layers)
 
+    def language_model_inputs(self, batch: VLMInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [B, L, D], position_ids [B or 1, L] or M-RoPE [3, B, L]) exactly as the model
+        hands them to its language model (vision tower and projector run; the language model does not)."""
+        lm = self.adapter.language_model(self.model)
+        seen = {}
+
+        class Stop(Exception):
+            pass
+
+        def grab(module, args, kwargs):
+            seen.update(kwargs)
+            raise Stop
+
+        handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                self.model(**batch.model_inputs)
+        except Stop:
+            pass
+        finally:
+            handle.remove()
+        embeds, pos = seen["inputs_embeds"], seen.get("position_ids")
+        if pos is None:
+            pos = torch.arange(embeds.shape[1], device=embeds.device)[None]
+        return embeds, pos
+
     def check_layer(self, layer: int, what: str = "layer") -> int:
         """Return `layer` as a non-negative index, or raise `LayerError` naming the valid range."""
         n = self.num_layers

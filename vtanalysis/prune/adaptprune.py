@@ -38,29 +38,33 @@ def center_prior(grid: tuple[int, int], sigma: float, device=None) -> torch.Tens
 
 @functools.lru_cache(maxsize=16)
 def _offsets(window: float, sigma_d: float):
-    """Window offsets (dy, dx) with d <= window, the pick itself excluded, row-major: the first half
-    points at lower indices of a row-major grid, the second half at higher ones. Also each offset's
-    spatial decay exp(-d^2 / (2 sigma_d^2)) (sigma_d = 0: no decay away from the pick)."""
+    """The window offsets (dy, dx) at which a pick can suppress a token: d <= window, a non-zero
+    spatial decay exp(-d^2 / (2 sigma_d^2)), the pick itself excluded (sigma_d = 0: none).
+    Returns offsets [K, 2], their decay [K], and whether each points at a higher row-major index [K]."""
     r = int(math.floor(window))
     pairs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
              if dy * dy + dx * dx <= window**2 and (dy, dx) != (0, 0)]
     d2 = torch.tensor([dy * dy + dx * dx for dy, dx in pairs], dtype=torch.float32)
     spatial = torch.exp(-d2 / (2 * sigma_d**2)) if sigma_d > 0 else torch.zeros_like(d2)
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), spatial
+    offsets = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    reach = spatial > 0
+    after = (offsets[:, 0] > 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] > 0))
+    return offsets[reach], spatial[reach], after[reach]
 
 
-def _neighbours(grids, n: int, window: float, sigma_d: float, device):
-    """Neighbour table over the union of grids: idx [n, K] (global columns; n = "none", a sentinel)
-    and spatial decay [n, K]. Columns outside every grid (LLaVA-NeXT newlines) have no neighbours."""
-    offsets, spatial = _offsets(window, sigma_d)
-    offsets, spatial = offsets.to(device), spatial.to(device)
+@functools.lru_cache(maxsize=32)
+def _neighbours(grids: tuple, n: int, window: float, sigma_d: float, device):
+    """Neighbour table over the union of grids: idx [n, K] (global columns; n = "none", a sentinel),
+    spatial decay [n, K] and `after` [K] (the neighbour has the higher index). Columns outside every
+    grid (LLaVA-NeXT newlines) have no neighbours."""
+    offsets, spatial, after = (t.to(device) for t in _offsets(window, sigma_d))
     idx = torch.full((n, len(offsets)), n, dtype=torch.long, device=device)
     for start, h, w in grids:
         yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         ny, nx = yy.reshape(-1, 1) + offsets[:, 0], xx.reshape(-1, 1) + offsets[:, 1]
         inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
         idx[start:start + h * w] = torch.where(inside, start + ny * w + nx, n)
-    return idx, torch.where(idx < n, spatial, 0.0)
+    return idx, torch.where(idx < n, spatial, 0.0), after
 
 
 def _neighbour_cosines(keys: torch.Tensor, idx: torch.Tensor, grids, window: float) -> torch.Tensor:
@@ -122,25 +126,40 @@ def nms_union(scores: torch.Tensor, keys: torch.Tensor | None, grids, keep: int,
     if center_sigma is not None:
         for start, h, w in grids:
             running[start:start + h * w] *= center_prior((h, w), center_sigma, device).flatten()
-    idx, factor = _neighbours(grids, n, window, sigma_d, device)
+    idx, factor, after = _neighbours(tuple(tuple(g) for g in grids), n, window, sigma_d, device)  # cached per layout
+    if idx.shape[1] == 0:  # nothing suppresses anything (sigma_d = 0): the corrected top-k
+        gain = running
+    else:
+        gain = _rounds(running, idx, factor, after, keys, grids, keep, sigma_s, window)
+    order = torch.sort(gain, descending=True, stable=True).indices  # ties: lower index first, as argmax
+    return order[:keep].sort().values
+
+
+def _rounds(running, idx, factor, after, keys, grids, keep, sigma_s, window) -> torch.Tensor:
+    """The parallel rounds of `nms_union`; returns each token's score at pick time [n] (-inf: unpicked)."""
+    n, device = running.numel(), running.device
     if sigma_s is not None:
         cos = _neighbour_cosines(keys, idx, grids, window)
         factor = factor * torch.exp(-(1 - cos) ** 2 / (2 * sigma_s**2))
     kept_share = 1 - factor  # what neighbour p leaves of j's score when p is picked
-    half = idx.shape[1] // 2  # first half: lower column indices
     neg_inf = torch.tensor(float("-inf"), device=device)
-    # current: running scores, -inf once picked; entry n is the sentinel every missing neighbour points at
-    current = torch.cat([running, neg_inf.reshape(1)])
+    # both = [current | just below current]: current holds running scores, -inf once picked, and a
+    # sentinel -inf at n that missing neighbours point at. A local maximum must beat an earlier
+    # neighbour strictly and a later one or tie with it (argmax ties go to the lower index); on
+    # floats x >= s is x > nextafter(s, -inf), so one max over both halves decides both cases.
+    both = torch.full((2 * (n + 1),), float("-inf"), device=device)
+    current, below = both[: n + 1], both[n + 1:]
+    current[:n] = running
+    compare_at = torch.where(after, idx + (n + 1), idx)
     picked_now = torch.zeros(n + 1, dtype=torch.bool, device=device)
-    gain = torch.full((n,), float("-inf"), device=device)  # score at pick time
+    gain = torch.full((n,), float("-inf"), device=device)
     rounds, check_at = 0, _first_check(keep)
     with torch.inference_mode():
         while True:
-            around, mine = current[idx], current[:n]
-            # a local maximum beats earlier neighbours strictly and later ones or equals them (argmax ties)
-            is_max = (mine > around[:, :half].amax(1)) & (mine >= around[:, half:].amax(1))
+            torch.nextafter(current, neg_inf, out=below)
+            mine, is_max = current[:n], picked_now[:n]
+            torch.gt(mine, both[compare_at].amax(1), out=is_max)
             gain = torch.where(is_max, mine, gain)
-            picked_now[:n] = is_max
             shrunk = mine * torch.where(picked_now[idx], kept_share, 1.0).prod(1)
             torch.where(is_max, neg_inf, shrunk, out=current[:n])
             rounds += 1
@@ -150,8 +169,7 @@ def nms_union(scores: torch.Tensor, keys: torch.Tensor | None, grids, keep: int,
                     if rounds >= n or bool((gain > current.max()).sum() >= keep):
                         break
                 check_at = rounds + max(4, rounds // 2)
-    order = torch.sort(gain, descending=True, stable=True).indices  # ties: lower index first, as argmax
-    return order[:keep].sort().values
+    return gain
 
 
 def adaptive_nms(scores: torch.Tensor, keys: torch.Tensor, grid: tuple[int, int], keep: int, *,
