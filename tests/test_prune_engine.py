@@ -5,6 +5,8 @@
 - 5 generated tokens with the KV cache equal those without it;
 - a batch of 3 equals 3 single runs.
 """
+import sys
+
 import pytest
 import torch
 
@@ -20,23 +22,6 @@ def vlm4(request):
     return tiny.build(request.param, seed=1, num_layers=4)
 
 
-KEEP_ALL = {
-    "fastv": dict(keep=1.0),
-    "adaptprune": dict(keep=1.0),
-    "random": dict(keep=1.0),
-    "max-3x3": dict(keep=1.0),
-    "pyramiddrop": dict(keep=1.0, ratios=(1.0, 1.0, 1.0)),
-    "adaptinfer": dict(keep=1.0, counts=[10**6, 10**6]),
-    "fitprune": dict(keep=1.0),
-    "sparsevlm": dict(keep=1.0, counts=[10**6] * 3),
-    "fastervlm": dict(keep=1.0),
-    "adafv": dict(keep=1.0),
-    "adafv-fixed": dict(keep=1.0),
-    "adafv-t2i": dict(keep=1.0),
-    "visionzip": dict(keep=1.0),
-}
-
-
 def knobs_for(vlm, method, knobs):
     """Qwen2-VL: no [CLS] (skip those methods), and renumbering methods keep original M-RoPE positions."""
     spec = prune.get(method)
@@ -47,12 +32,32 @@ def knobs_for(vlm, method, knobs):
     return dict(knobs)
 
 
-@pytest.mark.parametrize("method", sorted(KEEP_ALL))
+@pytest.mark.parametrize("method", prune.methods())
 def test_keep_all_equals_unpruned(vlm4, images, method):
-    knobs = knobs_for(vlm4, method, KEEP_ALL[method])
+    """Fidelity issue 1: keep=1.0 with no knobs runs no stage at all, for every method."""
+    knobs = knobs_for(vlm4, method, {})
     batch = vlm4.prepare(images, QUESTIONS)
     base = prune.run(vlm4, batch, "none", max_new_tokens=3)
-    res = prune.run(vlm4, batch, method, max_new_tokens=3, **knobs)
+    res = prune.run(vlm4, batch, method, 1.0, max_new_tokens=3, **knobs)
+    assert res.stage_layers == []
+    torch.testing.assert_close(res.logits, base.logits, atol=1e-5, rtol=0)
+    assert torch.equal(res.token_ids, base.token_ids)
+    assert res.flops_ratio == pytest.approx(1.0)
+    assert res.image_tokens_per_layer == [lay.n_image_tokens for lay in batch.layouts]
+
+
+@pytest.mark.parametrize("method,knobs", [
+    ("fastv", {}), ("adaptprune", {}), ("random", {}), ("max-3x3", {}), ("pyramiddrop", dict(ratios=(1.0, 1.0, 1.0))),
+    ("adaptinfer", dict(counts=[10**6, 10**6])), ("fitprune", {}), ("sparsevlm", dict(counts=[10**6] * 3)),
+    ("fastervlm", {}), ("adafv", {}), ("adafv-fixed", {}), ("adafv-t2i", {}), ("visionzip", {})])
+def test_stages_that_keep_every_token_equal_unpruned(vlm4, images, method, knobs, monkeypatch):
+    """The engine's own path (gathers, masks, positions, merges), forced to run at keep=1.0
+    (which `run` otherwise short-cuts to the unpruned model), changes nothing."""
+    monkeypatch.setattr(sys.modules["vtanalysis.prune.run"], "keeps_everything", lambda keep, n: False)
+    knobs = knobs_for(vlm4, method, knobs)
+    batch = vlm4.prepare(images, QUESTIONS)
+    base = prune.run(vlm4, batch, "none", max_new_tokens=3)
+    res = prune.run(vlm4, batch, method, 1.0, max_new_tokens=3, **knobs)
     assert res.stage_layers, "the method must actually run its stages"
     torch.testing.assert_close(res.logits, base.logits, atol=1e-5, rtol=0)
     assert torch.equal(res.token_ids, base.token_ids)
@@ -143,7 +148,7 @@ def test_renumbered_positions_change_the_output_only_when_tokens_are_dropped(ima
 def test_kept_grid_coordinates_and_multi_stage_nesting(images):
     vlm = tiny.build("llava", seed=3, num_layers=8)
     batch = vlm.prepare(images[:2], QUESTIONS[:2])
-    res = prune.run(vlm, batch, "pyramiddrop", max_new_tokens=1)
+    res = prune.run(vlm, batch, "pyramiddrop", ratios=(0.5, 0.25, 0.125), max_new_tokens=1)
     assert len(res.stage_layers) == 3 and res.kept_counts == [[32, 32], [16, 16], [8, 8]]
     for b in range(2):
         assert set(res.kept[1][b].tolist()) <= set(res.kept[0][b].tolist())

@@ -9,9 +9,7 @@ import itertools
 import pytest
 import torch
 
-from vtanalysis import VTAError
 from vtanalysis.prune import adafv, adaptinfer, adaptprune, fastv
-from vtanalysis.prune.budget import keep_count
 
 GRIDS = [(24, 24), (12, 12), (6, 9)]
 
@@ -25,15 +23,6 @@ def assert_valid(idx, keep, n):
     assert idx.dtype == torch.long and idx.numel() == keep
     assert idx.unique().numel() == keep, "duplicates"
     assert torch.equal(idx, idx.sort().values) and 0 <= int(idx.min()) and int(idx.max()) < n
-
-
-# -- budget -------------------------------------------------------------------------------------
-def test_keep_count():
-    assert keep_count(0.1, 576) == 57 and keep_count(1.0, 576) == 576 and keep_count(64, 576) == 64
-    assert keep_count(0.001, 100) == 1
-    for bad, msg in [(0.0, "outside"), (1.5, "outside"), (0, "positive"), (-3, "positive"), (577, "larger than the image")]:
-        with pytest.raises(VTAError, match=msg):
-            keep_count(bad, 576)
 
 
 # -- FastV --------------------------------------------------------------------------------------
@@ -172,17 +161,3 @@ def test_adaptinfer_uniform_mix_weights_text_tokens_equally():
     flat = adaptinfer.scores(attn, text, image, mix=0.0)
     w = adaptinfer.text_prior(attn[:, text][:, :, text]).mean(-1)  # [H]
     torch.testing.assert_close(flat, torch.einsum("h,htv->v", w, attn[:, text][:, :, image]))
-
-
-def test_adaptinfer_schedule_reproduces_the_published_presets():
-    """METHODS.md: LLaVA-1.5-7B prunes after layers 1, 10, 20 keeping 290/72/18 (budget 128) ... 40/12/0 (32)."""
-    from vtanalysis.prune.methods import adaptinfer_plan
-
-    class Depth32:
-        num_layers = 32
-
-    for budget, counts in adaptinfer.PRESETS_7B.items():
-        assert adaptinfer_plan(Depth32(), 576, budget) == list(zip((2, 11, 21), counts))
-    # a ratio scales the nearest preset to its budget; stages never grow
-    plan = adaptinfer_plan(Depth32(), 576, 0.5)
-    assert plan[0][1] == 576 and plan[1][1] > 72 and plan[1][1] >= plan[2][1]

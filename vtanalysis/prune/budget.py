@@ -1,27 +1,79 @@
-"""Turning a `keep` argument (ratio or count) into a token count, with clear errors."""
+"""What `keep` means, for every method, and turning it into token counts.
+
+`keep` is a ratio in (0, 1] of a sample's image tokens or a token count in [1, n]; it is the
+budget that the method's own tables use:
+- single-stage methods (FastV, AdaptPrune, the Table 5 alternatives, FitPrune and the pre-LLM
+  methods): the image tokens kept after the pruning point;
+- multi-stage methods (AdaptInfer, PyramidDrop, SparseVLM, VTW): the image-token count averaged
+  over the decoder layers (`average_tokens`).
+keep = 1.0 (or n) is the unpruned model for every method: no stage runs at all.
+"""
 from __future__ import annotations
+
+import math
 
 from ..errors import VTAError
 
+# A ratio times n is compared with this slack, so that keep=13/2880 gives 13, not 12.
+EPSILON = 1e-9
 
-def keep_count(keep: float | int, n: int) -> int:
+
+def keep_count(keep: float | int, n: int, rounding: str = "floor") -> int:
     """Tokens to keep out of `n`.
 
     Args:
         keep: a ratio in (0, 1] (float) or a count in [1, n] (int).
         n: tokens available.
+        rounding: how a ratio becomes a count, as the method's authors do it: "floor"
+            (int(n * keep): AdaptPrune, 57 of 576 at 0.1) or "round" (FastV's and FasterVLM's
+            code: 58 of 576 at 0.1). Both tolerate floating-point error (EPSILON).
     Returns:
-        int(n * keep) for a ratio (at least 1), or the count itself.
+        the count (at least 1).
     """
     if isinstance(keep, bool) or not isinstance(keep, (int, float)):
         raise VTAError(f"keep must be a ratio in (0, 1] or a token count, not {keep!r}.")
     if isinstance(keep, float):
         if not 0.0 < keep <= 1.0:
             raise VTAError(f"keep ratio {keep} is outside (0, 1]; pass e.g. keep=0.25, or an integer token count.")
-        return max(1, int(n * keep))
+        if rounding == "round":
+            return max(1, min(n, round(n * keep)))
+        if rounding != "floor":
+            raise ValueError(f"rounding must be 'floor' or 'round', not {rounding!r}.")
+        return max(1, int(math.floor(n * keep + EPSILON)))
     if keep <= 0:
         raise VTAError(f"keep must be positive, got {keep}.")
     if keep > n:
         raise VTAError(f"keep={keep} tokens is larger than the image ({n} image tokens); pass at most {n} "
                        "or a ratio in (0, 1].")
     return keep
+
+
+def keeps_everything(keep: float | int, n: int) -> bool:
+    """True when `keep` (validated) asks for every one of the n image tokens: the unpruned model."""
+    return keep_count(keep, n) == n
+
+
+def average_tokens(n: int, stages: list[tuple[int, int]], depth: int) -> float:
+    """Image tokens averaged over the decoder layers: layers before the first stage see n, layers
+    from stage s's layer on see its count. stages: [(first layer seeing the kept set, count)]."""
+    total, current, previous = 0, n, 0
+    for layer, count in stages:
+        total += current * (layer - previous)
+        current, previous = count, layer
+    return (total + current * (depth - previous)) / depth
+
+
+def scale_to_average(shape: list[float], budget: float, n: int, average) -> list[int]:
+    """Per-stage counts min(n, round(c * s)) for the scale s whose `average(counts)` is closest to
+    `budget` (bisection; the average grows with s). shape: the schedule's relative counts."""
+    def counts(scale):
+        return [min(n, int(round(c * scale))) for c in shape]
+
+    lo, hi = 0.0, n / max(min(c for c in shape if c > 0), 1e-12)  # at hi every stage keeps all n
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if average(counts(mid)) < budget:
+            lo = mid
+        else:
+            hi = mid
+    return min((counts(lo), counts(hi)), key=lambda c: abs(average(c) - budget))

@@ -133,7 +133,7 @@ class Pruner:
             raise VTAError("positions='renumber' is not defined for Qwen2-VL's M-RoPE (positions encode the image "
                            "grid); use positions='original'.")
         layers = [vlm.check_layer(st.layer, "pruning layer") for st in stages]
-        if pre and layers != [0]:
+        if pre and layers not in ([0], []):
             raise VTAError(f"a pre-LLM method prunes once, at layer 0, got stages at {layers}.")
         if not pre and (any(l < 1 for l in layers) or layers != sorted(set(layers))):
             raise VTAError(f"pruning layers must be increasing and >= 1 (scores come from the layer before), "

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import VTAError
 from . import adafv, adaptinfer, adaptprune, fastv, visionzip
-from .budget import keep_count
+from .budget import average_tokens, keep_count, scale_to_average
 from .engine import split_newlines
 
 
@@ -51,11 +51,12 @@ def methods() -> list[str]:
 
 
 # -- stage plans ------------------------------------------------------------------------------------
-def single_stage(default_layer: int):
-    """One stage at `layer` (default `default_layer`, clipped to the model's depth) keeping `keep`."""
+def single_stage(default_layer: int, rounding: str = "floor"):
+    """One stage at `layer` (default `default_layer`, clipped to the model's depth) keeping `keep`
+    tokens (a ratio becomes a count by the authors' `rounding`, see `budget.keep_count`)."""
     def plan(vlm, n_image, keep, layer=None, **_):
         k = layer if layer is not None else min(default_layer, vlm.num_layers - 1)
-        return [(k, keep_count(keep, n_image))]
+        return [(k, keep_count(keep, n_image, rounding))]
     return plan
 
 
@@ -76,23 +77,35 @@ def scaled_layers(vlm, layers_of_32: tuple[int, ...]) -> list[int]:
     return out
 
 
+def budget_tokens(keep: float | int, n_image: int) -> float:
+    """A multi-stage method's budget: the average image tokens per decoder layer (keep validated)."""
+    keep_count(keep, n_image)
+    return n_image * keep if isinstance(keep, float) else float(keep)
+
+
 def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     """AdaptInfer's multi-stage schedule.
 
     Defaults: prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other depths) with
-    the authors' LLaVA-1.5-7B per-stage counts, whose average budgets are 128, 64, 48 and 32 of
-    `adaptinfer.PRESET_IMAGE_TOKENS` tokens. `keep` sets the budget B (a count, or a ratio of the
-    image tokens): with that many image tokens and B one of those budgets the preset is used as published; otherwise the preset whose budget
-    share is nearest to B / n_image is scaled by B / its budget (capped at n_image).
+    the authors' LLaVA-1.5-7B per-stage counts for average budgets 128, 64, 48 and 32 of
+    `adaptinfer.PRESET_IMAGE_TOKENS` tokens. `keep` sets the budget B, the image-token count
+    averaged over the decoder layers as the authors count it (`adaptinfer.authors_average`, which
+    reproduces their presets: 290/72/18 averages 128.8). With that many image tokens and B one of
+    the published budgets the preset is used as published; otherwise the preset nearest in share
+    is scaled (capped at n_image) until its average equals B (bisection).
     `counts` overrides the per-stage kept counts; `layers` the stage layers.
     """
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
     if counts is None:
         presets = adaptinfer.PRESETS_7B
-        budget = keep_count(keep, n_image)
-        nearest = min(presets, key=lambda p: abs(p / adaptinfer.PRESET_IMAGE_TOKENS - budget / n_image))
-        counts = [min(n_image, round(c * budget / nearest)) for c in presets[nearest]]
-        counts = counts[: len(stage_layers)]
+        budget = budget_tokens(keep, n_image)
+        if n_image == adaptinfer.PRESET_IMAGE_TOKENS and budget in presets and vlm.num_layers == 32:
+            counts = list(presets[int(budget)])
+        else:
+            nearest = min(presets, key=lambda p: abs(p / adaptinfer.PRESET_IMAGE_TOKENS - budget / n_image))
+            shape = presets[nearest][: len(stage_layers)]
+            counts = scale_to_average(shape, budget, n_image, lambda c: adaptinfer.authors_average(
+                n_image, list(zip(stage_layers, c)), vlm.num_layers))
     if len(counts) != len(stage_layers):
         raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
     counts = [min(c, n_image) for c in counts]
@@ -101,31 +114,56 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     return list(zip(stage_layers, counts))
 
 
-def pre_stage(vlm, n_image, keep, **_):
+def pre_stage(rounding: str = "floor"):
     """A pre-LLM method: every decoder layer sees the kept tokens only."""
-    return [(0, keep_count(keep, n_image))]
+    def plan(vlm, n_image, keep, **_):
+        return [(0, keep_count(keep, n_image, rounding))]
+    return plan
 
 
 def sparsevlm_plan(vlm, n_image, keep, layers=None, counts=None, **_):
-    """SparseVLM (prune only): stages at layers 2, 6, 15 (of 32). `keep` is the first stage's
-    count, halved at each later stage unless `counts` is given. The authors' per-budget tables
-    and their recycling of pruned tokens into merged ones are not reproduced."""
+    """SparseVLM (prune only): stages at layers 2, 6, 15 (of 32). `keep` is the budget averaged over
+    the decoder layers; the counts halve from stage to stage (k, k/2, k/4, scaled until their
+    average equals the budget) unless `counts` is given. The authors' per-budget tables and their
+    recycling of pruned tokens into merged ones are not reproduced."""
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (2, 6, 15))
-    first = keep_count(keep, n_image)
-    counts = list(counts) if counts is not None else [max(1, first // 2 ** i) for i in range(len(stage_layers))]
+    if counts is None:
+        budget = budget_tokens(keep, n_image)
+        counts = scale_to_average([1 / 2**i for i in range(len(stage_layers))], budget, n_image,
+                                  lambda c: average_tokens(n_image, list(zip(stage_layers, c)), vlm.num_layers))
     return list(zip(stage_layers, [min(c, n_image) for c in counts]))
 
 
-def pyramid_plan(vlm, n_image, keep, layers=None, ratios=(0.5, 0.25, 0.125), **_):
-    """PyramidDrop: stages at layers 8, 16, 24 (of 32) keeping 50 %, 25 %, 12.5 % of the image tokens."""
+def pyramid_plan(vlm, n_image, keep, layers=None, ratios=None, **_):
+    """PyramidDrop: stages at layers 8, 16, 24 (of 32) keeping lambda, lambda^2, lambda^3 of the image
+    tokens. `keep` is the budget averaged over the decoder layers and sets lambda (bisection; the
+    authors' default lambda = 0.5 is keep ~0.47 at 32 layers); `ratios` overrides the per-stage shares.
+    """
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (8, 16, 24))
-    return [(l, max(1, int(n_image * r))) for l, r in zip(stage_layers, ratios)]
+    if ratios is None:
+        budget = budget_tokens(keep, n_image)
+
+        def average(lam):
+            return average_tokens(n_image, [(l, n_image * lam ** (i + 1)) for i, l in enumerate(stage_layers)],
+                                  vlm.num_layers)
+
+        if budget < average(0.0):
+            raise VTAError(f"pyramiddrop keeps every image token before layer {stage_layers[0]}, so its average "
+                           f"budget is at least {average(0.0) / n_image:.3f} of them; got keep={keep}.")
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            lo, hi = ((lo + hi) / 2, hi) if average((lo + hi) / 2) < budget else (lo, (lo + hi) / 2)
+        ratios = [hi ** (i + 1) for i in range(len(stage_layers))]
+    return [(l, max(1, int(n_image * r + 1e-9))) for l, r in zip(stage_layers, ratios)]
 
 
 def vtw_plan(vlm, n_image, keep, layer=None, **_):
-    """VTW: withdraw every image token at layer k (15 of 32 for LLaVA-1.5-7B)."""
-    k = layer if layer is not None else scaled_layers(vlm, (15,))[0]
-    return [(k, 0)]
+    """VTW: withdraw every image token at layer k: `layer`, or round(keep * depth) for a budget of
+    keep (the average image tokens per layer is then ~keep of them; 15 of 32 in the paper)."""
+    if layer is None:
+        share = budget_tokens(keep, n_image) / n_image
+        layer = min(max(1, round(share * vlm.num_layers)), vlm.num_layers - 1)
+    return [(layer, 0)]
 
 
 # -- choosers ---------------------------------------------------------------------------------------
@@ -278,7 +316,7 @@ def prepare_visionzip(vlm, batch, stage, capture):
 for m in [
     Method("none", "no pruning, through the same path (the baseline)", "llm", (), choose_none, no_stage),
     Method("fastv", "FastV: top-k of layer K-1 last-row attention (K=2)", "llm", ("last_row",), choose_fastv,
-           single_stage(fastv.LAYER)),
+           single_stage(fastv.LAYER, rounding="round")),
     Method("adaptprune", "AdaptPrune: corrected attention + adaptive NMS over distance and key similarity",
            "llm", ("last_row", "keys"), choose_adaptprune(), single_stage(adaptprune.LAYER)),
     Method("adaptprune-correction", "AdaptPrune ablation (Table 4 b): Gaussian correction only", "llm",
@@ -305,14 +343,14 @@ for m in [
     Method("sparsevlm", "SparseVLM, prune only: text raters' attention at 3 stages, positions renumbered", "llm",
            ("text_rows",), choose_sparsevlm, sparsevlm_plan, positions="renumber"),
     Method("fastervlm", "FasterVLM: top-k vision [CLS] attention, before the LLM", "pre", ("cls",),
-           among_patches(pick_saliency), pre_stage, positions="renumber"),
+           among_patches(pick_saliency), pre_stage(rounding="round"), positions="renumber"),
     Method("adafv", "AdaFV: self-adaptive mixture (SACMAM) of T2I similarity and [CLS] saliency, before the LLM",
-           "pre", ("cls", "embeds"), among_patches(pick_sacmam), pre_stage, positions="renumber"),
+           "pre", ("cls", "embeds"), among_patches(pick_sacmam), pre_stage(), positions="renumber"),
     Method("adafv-fixed", "AdaFV fixed mixture (eq. 3): half the budget by cosine T2I, half by [CLS] saliency",
-           "pre", ("cls", "embeds"), among_patches(pick_fixed_mixture), pre_stage, positions="renumber"),
+           "pre", ("cls", "embeds"), among_patches(pick_fixed_mixture), pre_stage(), positions="renumber"),
     Method("adafv-t2i", "AdaFV part: T2I similarity only (eq. 4), before the LLM", "pre", ("embeds",),
-           among_patches(pick_t2i), pre_stage, positions="renumber"),
+           among_patches(pick_t2i), pre_stage(), positions="renumber"),
     Method("visionzip", "VisionZip: dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
-           "pre", ("cls",), choose_visionzip, pre_stage, positions="renumber", prepare=prepare_visionzip),
+           "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip),
 ]:
     register(m)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import VTAError
+from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage
 from .flops import prefill_flops
 from .methods import get
@@ -26,6 +27,9 @@ class RunResult:
         kept: per stage, per sample: LongTensor of kept layout columns (image-token columns).
         kept_grid: per stage, per sample: list of (grid index, row, col) of kept grid tokens.
         flops, flops_unpruned: per-sample prefill FLOPs (formula in `prune.flops`), and their ratio.
+        image_tokens_per_layer: per sample, the image tokens the decoder layers saw, averaged over
+            the layers (what `keep` sets for multi-stage methods; AdaptInfer's authors count each
+            stage from its pruning layer, one layer earlier: `adaptinfer.authors_average`).
         prefill_s, decode_s: time of the language model's prefill call and of all decoding steps
             (CUDA: between CUDA events around each call; CPU: wall time).
         kv_cache_bytes: size of the KV cache at the end of generation (0 with use_cache=False).
@@ -44,6 +48,7 @@ class RunResult:
     decode_s: float
     kept_counts: list[list[int]] = field(default_factory=list)
     kv_cache_bytes: int = 0
+    image_tokens_per_layer: list[float] = field(default_factory=list)
 
     @property
     def flops_ratio(self) -> float:
@@ -53,6 +58,8 @@ class RunResult:
 def _stages(vlm, batch, method, keep, knobs) -> list[Stage]:
     """The method's stages; each sample's budget is planned on its own image-token count."""
     counts = {lay.n_image_tokens for lay in batch.layouts}
+    if all(keeps_everything(keep, n) for n in counts):  # keep = 1.0 is the unpruned model, for every method
+        return []
     plans = {n: method.plan(vlm, n, keep, **knobs) for n in counts}
     layers = [layer for layer, _ in plans[min(counts)]]
     if any([layer for layer, _ in p] != layers for p in plans.values()):
@@ -133,7 +140,8 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     timer = _Timer(pruner.lm, vlm.device)
     try:
         with ExitStack() as stack, torch.inference_mode():
-            for ctx in (capture, spec.prepare and spec.prepare(vlm, batch, stages[0], capture), pruner):
+            merge = spec.prepare(vlm, batch, stages[0], capture) if spec.prepare and stages else None
+            for ctx in (capture, merge, pruner):
                 if ctx is not None:
                     stack.enter_context(ctx)
             # an answer never contains image placeholders (random test models could emit one)
@@ -183,7 +191,9 @@ def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
         stage_layers=[st.layer for st in stages], kept=[st.columns for st in stages],
         kept_grid=[[_grid_coords(lay, cols) for lay, cols in zip(batch.layouts, st.columns)] for st in stages],
         flops=flops, flops_unpruned=full, prefill_s=times[0] if times else 0.0, decode_s=sum(times[1:]),
-        kept_counts=[st.kept_counts for st in stages])
+        kept_counts=[st.kept_counts for st in stages],
+        image_tokens_per_layer=[average_tokens(lay.n_image_tokens, [(st.layer, st.kept_counts[b]) for st in stages],
+                                               depth) for b, lay in enumerate(batch.layouts)])
 
 
 def _on_host(stage: Stage) -> Stage:
