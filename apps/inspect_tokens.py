@@ -8,6 +8,10 @@ The computation lives in `vtanalysis.inspection`; this file is the page.
 """
 import io
 
+import matplotlib
+
+matplotlib.use("Agg")  # the app renders figures to PNG bytes; the library never picks a backend
+
 import numpy as np
 import pandas as pd
 import streamlit as st

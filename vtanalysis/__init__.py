@@ -1,8 +1,29 @@
-"""vtanalysis: record, analyse and prune visual-token attention in vision-language models."""
+"""vtanalysis: record, analyse and prune visual-token attention in vision-language models.
+
+    import vtanalysis as vta
+    vlm = vta.load_vlm("demo")
+    batch = vlm.prepare([image], ["what color is the triangle ?"])
+    rec = vta.record_attention(vlm, batch)
+    res = vta.prune.run(vlm, batch, "adaptprune", keep=0.1)
+
+Submodules reachable as attributes (imported on first use): `vta.prune` (methods, `run`,
+`select`, `register`), `vta.analysis`, `vta.viz`, `vta.models` (`vta.models.tiny`), `vta.collect`,
+`vta.data`, `vta.evaluate`, `vta.perf`.
+"""
+import importlib
+
 from .errors import ImageError, LayerError, PromptError, UnsupportedModelError, VTAError
 from .collect import AttentionRecord, record_attention
 from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
-           "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError"]
+           "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError",
+           "analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"]
+_SUBMODULES = {"analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:  # lazily, so `import vtanalysis` stays light (viz pulls in matplotlib)
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'vtanalysis' has no attribute {name!r}")

@@ -24,6 +24,9 @@ def _parse_layers(text: str):
 @app.callback()
 def main():
     """vtanalysis command line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures go to files; only an entry point chooses the backend, never the library
 
 
 @app.command()
@@ -106,12 +109,13 @@ def prune_cmd(
 
 @app.command("methods")
 def methods_cmd():
-    """List the registered pruning methods."""
+    """List the registered pruning methods: where each acts, its knobs, and what it does."""
     from . import prune
 
+    print(f"{'method':<24}{'where':<6}{'knobs':<22}summary")
     for name in prune.methods():
         spec = prune.get(name)
-        print(f"{name:<24}{spec.where:<5}{spec.summary}")
+        print(f"{name:<24}{spec.where:<6}{', '.join(spec.knobs) or '-':<22}{spec.summary}")
 
 
 @app.command("app")

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from .data.dataset import Sample, read_samples  # noqa: E402
-from .errors import VTAError  # noqa: E402
+from .data.dataset import Sample, read_samples
+from .errors import VTAError
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep")

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from . import prune  # noqa: E402
-from .collect import record_attention  # noqa: E402
-from .errors import ImageError  # noqa: E402
-from .prune.adaptinfer import text_prior  # noqa: E402
-from .viz.overlay import overlay_figure  # noqa: E402
+from . import prune
+from .collect import record_attention
+from .errors import ImageError
+from .prune.adaptinfer import text_prior
+from .viz.overlay import overlay_figure
 
 MAX_UPLOAD_MB = 20
 MAX_PIXELS = 25_000_000  # past this, decoding alone takes seconds and gigabytes; no VLM needs it

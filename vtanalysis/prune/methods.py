@@ -6,6 +6,7 @@ stages: [(first layer seeing the kept set, tokens kept)]. Pre-LLM methods are on
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,11 +31,23 @@ class Method:
     # optional context for the run: prepare(vlm, batch, first_stage, vision_capture) (VisionZip's merge)
     prepare: Callable | None = None
 
+    @property
+    def knobs(self) -> list[str]:
+        """The keyword options `prune.run(..., **knobs)` passes to this method's plan (e.g. layer)."""
+        params = list(inspect.signature(self.plan).parameters.values())[3:]  # after vlm, n_image, keep
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
 
 _REGISTRY: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add `method` to the registry, so `prune.run`, `prune.select`, `vtanalysis eval` and the figures
+    accept its name. A method is a `Method`: a `plan(vlm, n_image, keep, **knobs)` returning its
+    stages [(first layer seeing the kept set, tokens kept)] and a `choose(inputs, keep, stage)`
+    returning `keep` indices into the current image tokens (`engine.StageInputs`), on the model's device."""
+    if not isinstance(method, Method):
+        raise VTAError(f"register takes a prune.Method, not {type(method).__name__}.")
     _REGISTRY[method.name] = method
     return method
 

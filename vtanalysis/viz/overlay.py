@@ -1,12 +1,9 @@
 """Retained-token overlays: the image with kept patches shown and dropped ones dimmed."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.patches as mpatches  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.patches as mpatches
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def kept_mask(grid, kept_columns) -> np.ndarray:
