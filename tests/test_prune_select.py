@@ -161,3 +161,27 @@ def test_adaptinfer_uniform_mix_weights_text_tokens_equally():
     flat = adaptinfer.scores(attn, text, image, mix=0.0)
     w = adaptinfer.text_prior(attn[:, text][:, :, text]).mean(-1)  # [H]
     torch.testing.assert_close(flat, torch.einsum("h,htv->v", w, attn[:, text][:, :, image]))
+
+
+# -- FitPrune ----------------------------------------------------------------------------------
+def test_fitprune_equals_the_authors_rule():
+    """ywh187/FitPrune, LLaVA_1.5/llava/model/language_model/modeling_llama.py, `LlamaAttention.forward`:
+    hm = attn.max(heads); self = (hm[img, img] / n).sum(queries); cross = hm[after image, img].sum(queries);
+    the `delete` lowest of cross * self are dropped. Transcribed on a random causal attention map."""
+    from vtanalysis.prune.engine import StageInputs
+    from vtanalysis.prune.methods import choose_fitprune
+
+    heads, prefix, n, n_text = 4, 5, 30, 7
+    attn = causal_attention(heads, prefix + n + n_text, seed=5)  # the old rule (head max last) fails all three
+    img = torch.arange(prefix, prefix + n)
+    text = torch.arange(prefix + n, prefix + n + n_text)
+    for delete in (3, 15, 27):
+        hm = attn.max(dim=0).values
+        self_term = (hm[img][:, img] / n).sum(dim=0)
+        cross = hm[text][:, img].sum(dim=0)
+        dropped = torch.sort(cross * self_term).indices[:delete]
+        want = torch.ones(n, dtype=torch.bool)
+        want[dropped] = False
+        inputs = StageInputs(columns=torch.arange(n), grids=None, newline=torch.zeros(n, dtype=torch.bool),
+                             text_to_image=attn[:, text][:, :, img], image_to_image=attn[:, img][:, :, img])
+        assert torch.equal(choose_fitprune(inputs, n - delete, 0), want.nonzero().flatten())

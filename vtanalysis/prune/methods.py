@@ -269,11 +269,13 @@ def choose_skip(inputs, keep, stage):
 
 
 def choose_fitprune(inputs, keep, stage):
-    """Single-layer FitPrune (AdaptPrune Table 5): max over heads of (mean attention an image token
-    receives from text queries) x (mean attention it receives from image queries)."""
-    t2i = inputs.text_to_image.mean(1)   # [H, n]
-    i2i = inputs.image_to_image.mean(1)  # [H, n]
-    return fastv.select((t2i * i2i).amax(0), keep)
+    """Single-layer FitPrune (AdaptPrune Table 5), the authors' rule (ywh187/FitPrune,
+    `LlamaAttention.forward`): take the max over heads of every attention entry first, then
+    score(v) = (sum over text queries of hm[t, v]) x (mean over image queries of hm[u, v]);
+    the lowest scores are dropped."""
+    cross = inputs.text_to_image.amax(0).sum(0)       # [n]: head-max, summed over the text queries
+    self_term = inputs.image_to_image.amax(0).mean(0)  # [n]: head-max, averaged over the image queries
+    return fastv.select(cross * self_term, keep)
 
 
 def choose_sparsevlm(inputs, keep, stage):
