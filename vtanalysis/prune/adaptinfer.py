@@ -33,11 +33,12 @@ def authors_average(n: int, stages: list[tuple[int, int]], depth: int) -> float:
 def text_prior(attn_tt: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
     """w_h(j) from text->text attention [H, T, T] (rows = queries). Returns [H, T].
 
-    `mix` = lambda of the optional uniform mix lambda * w + (1 - lambda) * mean(w).
+    `mix` = lambda of the optional uniform mix lambda * w + (1 - lambda) * mean(w), where mean(w) is
+    one scalar over every head and text token (as in the authors' code; not a per-head mean).
     """
     w = attn_tt.sum(dim=1) + attn_tt.sum(dim=2) - torch.diagonal(attn_tt, dim1=1, dim2=2)
     if mix != 1.0:
-        w = mix * w + (1 - mix) * w.mean(dim=-1, keepdim=True)
+        w = mix * w + (1 - mix) * w.mean()
     return w
 
 
