@@ -190,3 +190,57 @@ def test_errors_name_the_problem(images):
     for method in ("fastervlm", "adafv", "visionzip"):
         with pytest.raises(vta.UnsupportedModelError, match=rf"'{method}' needs the vision tower's \[CLS\].*no \[CLS\]"):
             prune.run(qwen, qwen_batch, method, 0.5)
+
+
+@torch.no_grad()
+def pyramiddrop_reference(vlm, batch, stage_layers, ratios):
+    """PyramidDrop as Cooperx521/PyramidDrop's `pdrop_rank_drop` (modeling_llama_pdrop.py) does it, batch of
+    one: before stage layer K, layer K's input norm, q/k projections and RoPE on the current sequence;
+    the last instruction token's softmax over all keys, head-mean, over the image tokens; keep the top
+    int(n * ratio) (ratio of the ORIGINAL image count); positions renumbered 0..L'-1 afterwards."""
+    import transformers.models.llama.modeling_llama as llama
+
+    lm, h, _ = lm_inputs(vlm, batch)
+    lay = batch.layouts[0]
+    n = lay.n_image_tokens
+    image = lay.image_positions.clone()  # current positions of the image tokens, in column order
+    columns = torch.arange(n)
+    kept_per_stage = []
+    for l, block in enumerate(lm.layers):
+        pos = torch.arange(h.shape[1])[None]
+        cos, sin = lm.rotary_emb(h, position_ids=pos)
+        if l in stage_layers:
+            attn = block.self_attn
+            normed = block.input_layernorm(h)
+            q = attn.q_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+            q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            weights = torch.softmax(q[0, :, -1:] @ k[0].transpose(1, 2) * attn.scaling, dim=-1)  # [H, 1, L]
+            scores = weights.mean(0)[0, image]
+            keep = int(n * ratios[stage_layers.index(l)])
+            top = torch.topk(scores, keep).indices.sort().values
+            is_kept = torch.ones(h.shape[1], dtype=torch.bool)
+            is_kept[image] = False
+            is_kept[image[top]] = True
+            idx = is_kept.nonzero().flatten()
+            h = h[:, idx]
+            columns = columns[top]
+            image = torch.searchsorted(idx, image[top])
+            kept_per_stage.append(columns.sort().values)
+            pos = torch.arange(h.shape[1])[None]
+            cos, sin = lm.rotary_emb(h, position_ids=pos)
+        h = block(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=pos)
+    return vlm.model.lm_head(lm.norm(h))[:, -1], kept_per_stage
+
+
+def test_pyramiddrop_equals_the_authors_rank_and_drop(images):
+    vlm = tiny.build("llava", seed=5, num_layers=8)
+    batch = vlm.prepare(images[:1], QUESTIONS[2:3])
+    ratios = (0.5, 0.25, 0.125)
+    res = prune.run(vlm, batch, "pyramiddrop", ratios=ratios, max_new_tokens=1)
+    want_logits, want_kept = pyramiddrop_reference(vlm, batch, res.stage_layers, ratios)
+    assert res.stage_layers == [2, 4, 6]
+    for got, want in zip(res.kept, want_kept):
+        assert torch.equal(got[0].sort().values, want)
+    torch.testing.assert_close(res.logits, want_logits, atol=1e-5, rtol=0)

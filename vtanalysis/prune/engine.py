@@ -114,7 +114,8 @@ class Pruner:
             into the current image tokens, on the model's device.
         positions: "original" (kept tokens keep their RoPE positions) or "renumber".
         needs: what the chooser reads besides attention rows: "keys" (k_proj at each stage's layer,
-            AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "cls" (vision [CLS]
+            AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "own_rows" (rows from
+            layer K's own q/k on the states entering it, not layer K-1's: PyramidDrop), "cls" (vision [CLS]
             attention; the caller runs a `vision.VisionCapture` passed as `vision`).
         vision: the `VisionCapture` of this run, for a pre-LLM stage needing "cls".
         pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
@@ -173,8 +174,9 @@ class Pruner:
             self._orig[l] = self.layers[l].forward
             self.layers[l].forward = self._wrap(l, self._orig[l])
         self._hook = self.lm.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        own = "own_rows" in self.needs  # scores from layer K's own q/k instead (PyramidDrop)
         self._tap_ctx = tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
-                                       for i, st in enumerate(self.stages) if st.layer > 0})
+                                       for i, st in enumerate(self.stages) if st.layer > 0 and not own})
         self._tap_ctx.__enter__()
         return self
 
@@ -246,6 +248,8 @@ class Pruner:
             stage = self.stages[s]
             if l == stage.layer and not self.decoding:
                 if stage.sel is None:
+                    if "own_rows" in self.needs:
+                        self._own_rows(s, hidden_states, attention_mask, position_ids, position_embeddings)
                     self._select(s, hidden_states)
                 hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s)))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
@@ -316,6 +320,30 @@ class Pruner:
         stage.columns = [cols_prev[b][c] for b, c in enumerate(chosen_all)]
         stage.kept_counts, stage.real = kept, real
         self._rows.pop(s, None)
+
+    def _own_rows(self, s: int, hidden, attention_mask, position_ids, position_embeddings) -> None:
+        """Rows of layer K's own attention on the hidden states entering it (PyramidDrop ranks with
+        them): its q/k after input norm and RoPE, caught by the tap before any attention is
+        computed, with the mask and positions of the sequence entering the stage."""
+        layer = self.layers[self.stages[s].layer]
+        if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables
+            attention_mask = self._per_call[(s - 1, "mask")]
+            position_embeddings, position_ids = self._per_call[(s - 1, "rope")]
+        caught = {}
+
+        def catch(module, query, key, mask, scaling):
+            caught.update(query=query, key=key, scaling=scaling)
+            raise _Caught
+
+        with tap_attention({layer.self_attn: catch}):
+            try:
+                layer.self_attn(hidden_states=layer.input_layernorm(hidden), position_embeddings=position_embeddings,
+                                attention_mask=attention_mask, position_ids=position_ids)
+            except _Caught:
+                pass
+        text_idx = self._text_index(s)
+        rows = attention_rows(caught["query"], caught["key"], attention_mask, caught["scaling"], pad_rows(text_idx))
+        self._rows[s] = (rows, text_idx)
 
     def _attention_inputs(self, inputs: StageInputs, s: int, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the attention fields from layer K-1's rows (and keys from the hidden states entering K)."""
@@ -390,6 +418,10 @@ class Pruner:
     def _tail_pos(self, s: int) -> torch.Tensor:
         """Full-sequence indices of stage s's tokens, with generated tokens appended (no-cache runs)."""
         return append_generated(self.stages[s].pos, self.prompt_len, self.q_len - self.prompt_len)
+
+
+class _Caught(Exception):
+    """Stops an attention forward once its queries and keys are known."""
 
 
 def append_generated(base: torch.Tensor, start: int, extra: int) -> torch.Tensor:

@@ -199,8 +199,9 @@ def choose_adaptinfer(inputs, keep, stage):
 
 
 def choose_pyramid(inputs, keep, stage):
-    last = inputs.text_to_image[:, -1]  # [H, n]: softmax renormalised over image keys, head-mean
-    return fastv.select((last / last.sum(-1, keepdim=True).clamp_min(1e-12)).mean(0), keep)
+    """PyramidDrop (Cooperx521/PyramidDrop, `pdrop_rank_drop`): the last instruction token's softmax
+    over all keys at layer K itself (its q/k on the states entering K), head-mean, over the image tokens."""
+    return fastv.select(inputs.last_row, keep)
 
 
 def choose_none(inputs, keep, stage):
@@ -350,8 +351,8 @@ for m in [
     Method("last-k", "Table 5: the last k image tokens", "llm", (), choose_last, single_stage(adaptprune.LAYER)),
     Method("adaptinfer", "AdaptInfer: text-prior-weighted attention, multi-stage schedule", "llm",
            ("text_rows",), choose_adaptinfer, adaptinfer_plan, positions="renumber"),
-    Method("pyramiddrop", "PyramidDrop: last instruction token's image attention at 3 stages", "llm",
-           ("text_rows",), choose_pyramid, pyramid_plan),
+    Method("pyramiddrop", "PyramidDrop: layer K's own last-token attention over the image, 3 stages, renumbered",
+           "llm", ("own_rows",), choose_pyramid, pyramid_plan, positions="renumber"),
     Method("vtw", "VTW: withdraw all image tokens at layer k", "llm", (), choose_none, vtw_plan),
     Method("fitprune", "Table 5: single-layer FitPrune (text->image x image->image attention, head max)", "llm",
            ("text_rows", "image_rows"), choose_fitprune, single_stage(adaptprune.LAYER)),
