@@ -71,9 +71,17 @@ def test_pyramiddrop_keep_sets_lambda(keep):
 
 @pytest.mark.parametrize("keep", [0.1, 0.25, 0.5])
 def test_sparsevlm_keep_is_the_average_budget(keep):
+    """Stages 3/7/16 (the authors score with layers 2/6/15 and prune their outputs); published
+    tables as published, other budgets scaled to the average."""
     plan = sparsevlm_plan(Depth(32), 576, keep)
-    assert [l for l, _ in plan] == [2, 6, 15]
+    assert [l for l, _ in plan] == [3, 7, 16]
     assert abs(average_tokens(576, plan, 32) - keep * 576) <= 1.0
+
+
+def test_sparsevlm_published_tables():
+    """Gumpest/SparseVLMs' per-budget tables: 192 -> 300/200/110, 128 -> 303/110/36, 64 -> 66/30/17."""
+    for budget, counts in {192: [300, 200, 110], 128: [303, 110, 36], 64: [66, 30, 17]}.items():
+        assert [c for _, c in sparsevlm_plan(Depth(32), 576, budget)] == counts
 
 
 def test_vtw_keep_sets_the_withdrawal_layer():

@@ -134,16 +134,28 @@ def pre_stage(rounding: str = "floor"):
     return plan
 
 
+# SparseVLM's per-budget kept counts at its three pruning layers (authors' code), by the budget
+# they are published for, on LLaVA-1.5's 576 image tokens.
+SPARSEVLM_TABLES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+SPARSEVLM_IMAGE_TOKENS = 576  # ok-literal: the token count the published tables were made for
+
+
 def sparsevlm_plan(vlm, n_image, keep, layers=None, counts=None, **_):
-    """SparseVLM (prune only): stages at layers 2, 6, 15 (of 32). `keep` is the budget averaged over
-    the decoder layers; the counts halve from stage to stage (k, k/2, k/4, scaled until their
-    average equals the budget) unless `counts` is given. The authors' per-budget tables and their
-    recycling of pruned tokens into merged ones are not reproduced."""
-    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (2, 6, 15))
+    """SparseVLM (prune only). The authors score with layers 2, 6 and 15 (of 32) and prune their
+    outputs, so the stages start at layers 3, 7 and 16. `keep` is the budget averaged over the
+    decoder layers: a published budget (192, 128 or 64 of 576 tokens, 32 layers) uses the authors'
+    table as published; any other budget scales the table nearest in share until the average
+    equals it. `counts` overrides the per-stage counts. The authors' recycling of pruned tokens
+    into merged ones is not reproduced."""
+    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (3, 7, 16))
     if counts is None:
         budget = budget_tokens(keep, n_image)
-        counts = scale_to_average([1 / 2**i for i in range(len(stage_layers))], budget, n_image,
-                                  lambda c: average_tokens(n_image, list(zip(stage_layers, c)), vlm.num_layers))
+        if n_image == SPARSEVLM_IMAGE_TOKENS and budget in SPARSEVLM_TABLES and vlm.num_layers == 32:
+            counts = list(SPARSEVLM_TABLES[int(budget)])
+        else:
+            nearest = min(SPARSEVLM_TABLES, key=lambda p: abs(p / SPARSEVLM_IMAGE_TOKENS - budget / n_image))
+            counts = scale_to_average(SPARSEVLM_TABLES[nearest][: len(stage_layers)], budget, n_image,
+                                      lambda c: average_tokens(n_image, list(zip(stage_layers, c)), vlm.num_layers))
     return list(zip(stage_layers, [min(c, n_image) for c in counts]))
 
 
