@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtanalysis import prune
+from vtanalysis import VTAError, prune
 from vtanalysis.models import tiny
 from vtanalysis.perf import DispatchCounter, HostRoundTrips
 
@@ -59,7 +59,11 @@ def main():
               f"{'trips in prefill':>18}{'trips in run':>14}")
         for method in methods:
             for keep in args.keeps:
-                c = counts(vlm, batch, method, keep)
+                try:
+                    c = counts(vlm, batch, method, keep)
+                except VTAError as err:  # e.g. PyramidDrop's average budget cannot go below 0.25
+                    print(f"{method:<24}{keep:>6}  not run: {err}")
+                    continue
                 boundary = {k for layer in c["stages"] for k in (layer - 1, layer)}
                 same = all(c["layers"][i] == base["layers"][i] for i in range(args.layers) if i not in boundary)
                 print(f"{method:<24}{keep:>6}{c['total']:>13}{c['total'] / base['total']:>7.2f}{str(same):>25}"
