@@ -111,7 +111,7 @@ class HostRoundTrips(TorchDispatchMode):
             self._count(_project_site())
         return func(*args, **(kwargs or {}))
 
-    def _counting(self, name, original):
+    def _counting(self, original):
         def method(*args, **kwargs):
             if self._active:
                 self._count(_project_site())
@@ -124,7 +124,7 @@ class HostRoundTrips(TorchDispatchMode):
                              self.within.register_forward_hook(lambda *_: self._set_active(False))]
         for name in _TENSOR_METHODS:
             self._saved[name] = getattr(torch.Tensor, name)
-            setattr(torch.Tensor, name, self._counting(name, self._saved[name]))
+            setattr(torch.Tensor, name, self._counting(self._saved[name]))
         return super().__enter__()
 
     def __exit__(self, *exc):

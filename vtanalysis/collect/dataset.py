@@ -205,8 +205,9 @@ def _finish(vlm, out: Path, maps: MeanMaps, meta: dict) -> dict:
     means = maps.means()
     atomic_write(out / "mean_attention.safetensors", lambda p: save_file(means, str(p), metadata={"meta": json.dumps(meta)}))
     n_skipped = sum(1 for line in (out / SKIPPED).read_text().splitlines() if line.strip())
+    mass = means["image_mass"][0].tolist() if "image_mass" in means else []  # ok-host: summary, after the collection
     summary = {**meta, "n_samples": maps.n, "n_skipped": n_skipped, "grids": maps.counts,
-               "mean_last_row_image_mass": means["image_mass"][0].tolist() if "image_mass" in means else []}
+               "mean_last_row_image_mass": mass}
     atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     if maps.n:
         plot_mean_maps(means, meta["layers"], title=f"{meta['model']} - mean text-to-image attention, n={maps.n}",

@@ -25,8 +25,8 @@ def keep_count(keep: float | int, n: int, rounding: str = "floor") -> int:
         keep: a ratio in (0, 1] (float) or a count in [1, n] (int).
         n: tokens available.
         rounding: how a ratio becomes a count, as the method's authors do it: "floor"
-            (int(n * keep): AdaptPrune, 57 of 576 at 0.1) or "round" (FastV's and FasterVLM's
-            code: 58 of 576 at 0.1). Both tolerate floating-point error (EPSILON).
+            (int(n * keep): AdaptPrune) or "round" (FastV's and FasterVLM's code); keep 0.1 of
+            LLaVA-1.5's image tokens is 57 and 58 tokens. Both tolerate floating-point error (EPSILON).
     Returns:
         the count (at least 1).
     """
@@ -63,17 +63,30 @@ def average_tokens(n: int, stages: list[tuple[int, int]], depth: int) -> float:
     return (total + current * (depth - previous)) / depth
 
 
+def bisect_increasing(value, target: float, lo: float, hi: float, steps: int = 60) -> tuple[float, float]:
+    """(lo, hi) around the x in [lo, hi] where the non-decreasing `value(x)` reaches `target`."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if value(mid) < target else (lo, mid)
+    return lo, hi
+
+
 def scale_to_average(shape: list[float], budget: float, n: int, average) -> list[int]:
     """Per-stage counts min(n, round(c * s)) for the scale s whose `average(counts)` is closest to
-    `budget` (bisection; the average grows with s). shape: the schedule's relative counts."""
+    `budget` (the average grows with s). shape: the schedule's relative counts."""
     def counts(scale):
         return [min(n, int(round(c * scale))) for c in shape]
 
-    lo, hi = 0.0, n / max(min(c for c in shape if c > 0), 1e-12)  # at hi every stage keeps all n
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if average(counts(mid)) < budget:
-            lo = mid
-        else:
-            hi = mid
+    top = n / max(min(c for c in shape if c > 0), 1e-12)  # at this scale every stage keeps all n
+    lo, hi = bisect_increasing(lambda scale: average(counts(scale)), budget, 0.0, top)
     return min((counts(lo), counts(hi)), key=lambda c: abs(average(c) - budget))
+
+
+def table_counts(tables: dict, table_tokens: int, budget: float, n: int, depth: int, average) -> list[int]:
+    """Per-stage counts from an author's per-budget tables ({budget: counts}, made for `table_tokens`
+    image tokens and 32 layers): the table itself when the budget is a published one on that
+    geometry, else the table nearest in share scaled until `average(counts)` equals the budget."""
+    if n == table_tokens and budget in tables and depth == 32:
+        return list(tables[int(budget)])
+    nearest = min(tables, key=lambda p: abs(p / table_tokens - budget / n))
+    return scale_to_average(tables[nearest], budget, n, average)

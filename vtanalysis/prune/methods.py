@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import VTAError
 from . import adafv, adaptinfer, adaptprune, fastv, visionzip
-from .budget import average_tokens, keep_count, scale_to_average
+from .budget import average_tokens, bisect_increasing, keep_count, table_counts
 from .engine import split_newlines
 
 
@@ -110,15 +110,10 @@ def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     """
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
     if counts is None:
-        presets = adaptinfer.PRESETS_7B
-        budget = budget_tokens(keep, n_image)
-        if n_image == adaptinfer.PRESET_IMAGE_TOKENS and budget in presets and vlm.num_layers == 32:
-            counts = list(presets[int(budget)])
-        else:
-            nearest = min(presets, key=lambda p: abs(p / adaptinfer.PRESET_IMAGE_TOKENS - budget / n_image))
-            shape = presets[nearest][: len(stage_layers)]
-            counts = scale_to_average(shape, budget, n_image, lambda c: adaptinfer.authors_average(
-                n_image, list(zip(stage_layers, c)), vlm.num_layers))
+        presets = {b: c[: len(stage_layers)] for b, c in adaptinfer.PRESETS_7B.items()}
+        counts = table_counts(presets, adaptinfer.PRESET_IMAGE_TOKENS, budget_tokens(keep, n_image), n_image,
+                              vlm.num_layers, lambda c: adaptinfer.authors_average(
+                                  n_image, list(zip(stage_layers, c)), vlm.num_layers))
     if len(counts) != len(stage_layers):
         raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
     counts = [min(c, n_image) for c in counts]
@@ -135,7 +130,7 @@ def pre_stage(rounding: str = "floor"):
 
 
 # SparseVLM's per-budget kept counts at its three pruning layers (authors' code), by the budget
-# they are published for, on LLaVA-1.5's 576 image tokens.
+# they are published for, on LLaVA-1.5's image tokens (SPARSEVLM_IMAGE_TOKENS).
 SPARSEVLM_TABLES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 SPARSEVLM_IMAGE_TOKENS = 576  # ok-literal: the token count the published tables were made for
 
@@ -143,19 +138,15 @@ SPARSEVLM_IMAGE_TOKENS = 576  # ok-literal: the token count the published tables
 def sparsevlm_plan(vlm, n_image, keep, layers=None, counts=None, **_):
     """SparseVLM (prune only). The authors score with layers 2, 6 and 15 (of 32) and prune their
     outputs, so the stages start at layers 3, 7 and 16. `keep` is the budget averaged over the
-    decoder layers: a published budget (192, 128 or 64 of 576 tokens, 32 layers) uses the authors'
+    decoder layers: a published budget (`SPARSEVLM_TABLES` on LLaVA-1.5's tokens, 32 layers) uses the authors'
     table as published; any other budget scales the table nearest in share until the average
     equals it. `counts` overrides the per-stage counts. The authors' recycling of pruned tokens
     into merged ones is not reproduced."""
     stage_layers = list(layers) if layers is not None else scaled_layers(vlm, (3, 7, 16))
     if counts is None:
-        budget = budget_tokens(keep, n_image)
-        if n_image == SPARSEVLM_IMAGE_TOKENS and budget in SPARSEVLM_TABLES and vlm.num_layers == 32:
-            counts = list(SPARSEVLM_TABLES[int(budget)])
-        else:
-            nearest = min(SPARSEVLM_TABLES, key=lambda p: abs(p / SPARSEVLM_IMAGE_TOKENS - budget / n_image))
-            counts = scale_to_average(SPARSEVLM_TABLES[nearest][: len(stage_layers)], budget, n_image,
-                                      lambda c: average_tokens(n_image, list(zip(stage_layers, c)), vlm.num_layers))
+        tables = {b: c[: len(stage_layers)] for b, c in SPARSEVLM_TABLES.items()}
+        counts = table_counts(tables, SPARSEVLM_IMAGE_TOKENS, budget_tokens(keep, n_image), n_image, vlm.num_layers,
+                              lambda c: average_tokens(n_image, list(zip(stage_layers, c)), vlm.num_layers))
     return list(zip(stage_layers, [min(c, n_image) for c in counts]))
 
 
@@ -175,10 +166,8 @@ def pyramid_plan(vlm, n_image, keep, layers=None, ratios=None, **_):
         if budget < average(0.0):
             raise VTAError(f"pyramiddrop keeps every image token before layer {stage_layers[0]}, so its average "
                            f"budget is at least {average(0.0) / n_image:.3f} of them; got keep={keep}.")
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            lo, hi = ((lo + hi) / 2, hi) if average((lo + hi) / 2) < budget else (lo, (lo + hi) / 2)
-        ratios = [hi ** (i + 1) for i in range(len(stage_layers))]
+        _, lam = bisect_increasing(average, budget, 0.0, 1.0)
+        ratios = [lam ** (i + 1) for i in range(len(stage_layers))]
     return [(l, max(1, int(n_image * r + 1e-9))) for l, r in zip(stage_layers, ratios)]
 
 

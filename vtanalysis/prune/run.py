@@ -69,7 +69,7 @@ def _stages(vlm, batch, method, keep, knobs) -> list[Stage]:
 
 def _grid_coords(layout, columns: torch.Tensor) -> list[tuple[int, int, int]]:
     out = []
-    for c in columns.tolist():
+    for c in columns.tolist():  # ok-host: once per stage and sample, after generation, for the result
         for gi, g in enumerate(layout.grids):
             if g.start <= c < g.stop:
                 out.append((gi, *divmod(c - g.start, g.shape[1])))
@@ -187,7 +187,8 @@ def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
         full.append(prefill_flops([real] * depth, d, m))
     answers = vlm.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
     return RunResult(
-        method=method, answers=[a.strip() for a in answers], token_ids=new_ids.cpu(), logits=logits.float().cpu(),
+        method=method, answers=[a.strip() for a in answers],
+        token_ids=new_ids.cpu(), logits=logits.float().cpu(),  # ok-host: the result, once, after generation
         stage_layers=[st.layer for st in stages], kept=[st.columns for st in stages],
         kept_grid=[[_grid_coords(lay, cols) for lay, cols in zip(batch.layouts, st.columns)] for st in stages],
         flops=flops, flops_unpruned=full, prefill_s=times[0] if times else 0.0, decode_s=sum(times[1:]),
@@ -198,7 +199,7 @@ def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
 
 def _on_host(stage: Stage) -> Stage:
     """The stage with its kept columns on the CPU (the one transfer of a run, at the end)."""
-    stage.columns = [c.cpu() for c in stage.columns]
+    stage.columns = [c.cpu() for c in stage.columns]  # ok-host: after generation, for the result
     return stage
 
 

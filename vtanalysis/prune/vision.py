@@ -97,7 +97,8 @@ def to_columns(vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:
     per_input = per_input.float()
     if hasattr(model, "pack_image_features"):
         sizes = batch.model_inputs["image_sizes"]
-        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()
+        # vlm.prepare records the sizes on the host; only hand-built VLMInputs read them back
+        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
         counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
                   for s in host_sizes]
         nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
