@@ -8,8 +8,9 @@ the hidden states entering layer K_s. The selection is made once, at prefill; de
 
 How it attaches: the `forward` of every decoder layer from K_1 on is wrapped for the duration of
 a `with Pruner(...)` block. The wrapper (1) at K_s gathers the hidden states to the kept tokens,
-(2) passes its own additive attention mask (causal by original order, padding, and filler
-tokens masked), and (3) passes rotary embeddings for either the ORIGINAL positions of the kept
+(2) passes its own attention mask, built once per stage (causal by original order, padding and
+filler tokens masked; None when there is neither padding nor fillers and the backend is SDPA or
+flash, so their causal kernels run), and (3) passes rotary embeddings for either the ORIGINAL positions of the kept
 tokens (FastV/AdaptPrune convention) or RENUMBERED ones (each token's position minus the number
 of tokens dropped before it: AdaptInfer/SparseVLM convention). Layers >= K_s cache only the kept
 tokens' keys and values, so the KV cache stays consistent during generation.

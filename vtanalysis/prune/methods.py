@@ -293,8 +293,8 @@ def choose_sparsevlm(inputs, keep, stage):
 
 # -- pre-LLM choosers --------------------------------------------------------------------------------
 def among_patches(pick):
-    """A pre-LLM chooser: LLaVA-NeXT newline tokens are kept first (as FasterVLM's code keeps them),
-    counted in the budget; the rest goes to `pick(inputs, patches, k)` -> indices into `patches`."""
+    """A pre-LLM chooser: LLaVA-NeXT newline tokens are kept first, counted in one global budget (the
+    authors take a top-T per crop with the newlines on top: not reproduced yet); the rest goes to `pick(inputs, patches, k)` -> indices into `patches`."""
     def choose(inputs, keep, stage):
         newlines, patches = split_newlines(inputs)
         newlines = newlines[:keep]

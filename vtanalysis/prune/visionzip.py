@@ -82,8 +82,8 @@ def merge(features: torch.Tensor, owner: torch.Tensor, kept: torch.Tensor) -> to
 
 def plan(saliency: torch.Tensor, keys: torch.Tensor, newline_split: tuple[torch.Tensor, torch.Tensor], keep: int, *,
          contextual: int | None = None):
-    """`select` over one image block's layout columns, LLaVA-NeXT newline tokens kept first (as in
-    FasterVLM's code) and counted in the budget. saliency [n], keys [n, d]; newline_split =
+    """`select` over one image block's layout columns, LLaVA-NeXT newline tokens kept first and
+    counted in one global budget (the authors budget per crop, newlines on top: not reproduced yet). saliency [n], keys [n, d]; newline_split =
     (newline indices, other indices), as `engine.split_newlines` gives.
     Returns (kept [keep], owner [n]) in column indices."""
     newlines, patches = newline_split
