@@ -89,3 +89,24 @@ def test_vtw_keep_sets_the_withdrawal_layer():
     assert vtw_plan(Depth(32), 576, 15 / 32) == [(15, 0)]
     assert vtw_plan(Depth(32), 576, 0.5, layer=3) == [(3, 0)]
     assert average_tokens(576, vtw_plan(Depth(32), 576, 0.25), 32) == 0.25 * 576
+
+
+class Qwen(Depth):
+    class adapter:  # noqa: N801 - stands in for the Qwen2-VL adapter
+        mrope = True
+
+
+def test_adaptinfer_qwen2_vl_schedule():
+    """METHODS.md (AdaptInfer, Qwen2-VL-2B): prune after layers 0 / 9 / 19 of 28 keeping 0.5 / 0.6 / 0.3
+    of the tokens still there; that schedule's own average is its budget, other budgets scale it."""
+    n = 1000
+    preset = [500, 300, 90]  # int(1000 * .5), int(500 * .6), int(300 * .3)
+    assert adaptinfer.chained_counts(n, adaptinfer.QWEN_RATIOS) == preset
+    own = adaptinfer.authors_average(n, list(zip((1, 10, 20), preset)), 28)
+    assert adaptinfer_plan(Qwen(28), n, own / n) == list(zip((1, 10, 20), preset))
+    plan = adaptinfer_plan(Qwen(28), n, 0.15)
+    assert [l for l, _ in plan] == [1, 10, 20]
+    assert abs(adaptinfer.authors_average(n, plan, 28) - 150) <= 1.0
+    # LLaVA keeps its own layers even with ratios given
+    assert [l for l, _ in adaptinfer_plan(Depth(32), 576, 0.3, ratios=(0.5, 0.5, 0.5))] == [2, 11, 21]
+    assert [c for _, c in adaptinfer_plan(Depth(32), 576, 0.3, ratios=(0.5, 0.5, 0.5))] == [288, 144, 72]

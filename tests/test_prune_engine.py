@@ -244,3 +244,62 @@ def test_pyramiddrop_equals_the_authors_rank_and_drop(images):
     for got, want in zip(res.kept, want_kept):
         assert torch.equal(got[0].sort().values, want)
     torch.testing.assert_close(res.logits, want_logits, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def sparsevlm_reference(vlm, batch, stage_layers, counts):
+    """SparseVLM (prune only) as Gumpest/SparseVLMs does it, batch of one: raters chosen once from the
+    input embeddings (`LlamaDynamicvitModel.forward`: softmax over text of v.t^T, mean over image tokens,
+    text tokens above the mean); at each scoring layer (the layer before a stage) its own softmax
+    attention over all keys, head-mean, the raters' rows averaged over the current image tokens
+    (`attn_postprocess_topk`); the layer's output keeps the top-k; positions renumbered 0..L'-1."""
+    import transformers.models.llama.modeling_llama as llama
+
+    lm, h, _ = lm_inputs(vlm, batch)
+    lay = batch.layouts[0]
+    v_t, t_t = h[:, lay.image_positions], h[:, lay.text_positions]
+    m_v_t = (v_t @ t_t.transpose(1, 2)).softmax(2).mean(1)
+    raters = torch.where(m_v_t[0] > m_v_t.mean())[0]
+    image = lay.image_positions.clone()
+    text = lay.text_positions.clone()
+    columns = torch.arange(lay.n_image_tokens)
+    kept_per_stage = []
+    for l, block in enumerate(lm.layers):
+        pos = torch.arange(h.shape[1])[None]
+        cos, sin = lm.rotary_emb(h, position_ids=pos)
+        if l + 1 in stage_layers:
+            attn = block.self_attn
+            normed = block.input_layernorm(h)
+            q = attn.q_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+            q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            logits = q[0] @ k[0].transpose(1, 2) * attn.scaling
+            causal = torch.ones(h.shape[1], h.shape[1], dtype=torch.bool).tril()
+            probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1).mean(0)  # [L, L]
+            scores = probs[text[raters]][:, image].mean(0)
+        h = block(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=pos)
+        if l + 1 in stage_layers:
+            top = torch.topk(scores, counts[stage_layers.index(l + 1)]).indices.sort().values
+            is_kept = torch.ones(h.shape[1], dtype=torch.bool)
+            is_kept[image] = False
+            is_kept[image[top]] = True
+            idx = is_kept.nonzero().flatten()
+            h = h[:, idx]
+            columns = columns[top]
+            image, text = torch.searchsorted(idx, image[top]), torch.searchsorted(idx, text)
+            kept_per_stage.append(columns.sort().values)
+    return vlm.model.lm_head(lm.norm(h))[:, -1], kept_per_stage
+
+
+def test_sparsevlm_equals_the_authors_raters_and_scores(images):
+    vlm = tiny.build("llava", seed=6, num_layers=8)
+    batch = vlm.prepare(images[1:2], QUESTIONS[1:2])
+    n = batch.layouts[0].n_image_tokens
+    counts = [n // 2, n // 4, n // 8]
+    res = prune.run(vlm, batch, "sparsevlm", counts=counts, max_new_tokens=1)
+    assert res.stage_layers == [1, 2, 4]  # 3 / 7 / 16 of 32 scaled to 8 layers
+    want_logits, want_kept = sparsevlm_reference(vlm, batch, res.stage_layers, counts)
+    for got, want in zip(res.kept, want_kept):
+        assert torch.equal(got[0].sort().values, want)
+    torch.testing.assert_close(res.logits, want_logits, atol=1e-5, rtol=0)

@@ -43,3 +43,59 @@ def test_importing_the_library_leaves_the_matplotlib_backend_alone():
             "vtanalysis.inspection; vta.viz; assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-1500:]
+
+
+PLUGIN = '''
+import torch
+from vtanalysis import prune
+
+
+def choose_first(inputs, keep, stage, offset=0):
+    return torch.arange(offset, offset + keep, device=inputs.columns.device)
+
+
+prune.register(prune.Method("first-plugin-test", "the first image tokens", "llm", (), choose_first,
+                            prune.methods_module.single_stage(1), choose_knobs=("offset",)))
+'''
+
+
+def test_plugins_register_methods_for_the_cli_and_the_registry(tmp_path, monkeypatch):
+    """A module named by --plugin (or VTA_PLUGINS) registers a method that the CLI lists and runs by
+    name, with its options passed as --knob name=value."""
+    from typer.testing import CliRunner
+
+    from vtanalysis.cli import app
+    from vtanalysis.prune import plugins
+
+    (tmp_path / "my_methods_test.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(plugins.ENV, "")  # restored afterwards: the CLI extends it for the app server
+    try:
+        listing = CliRunner().invoke(app, ["--plugin", "my_methods_test", "methods"])
+        assert listing.exit_code == 0, listing.output
+        assert "first-plugin-test" in listing.output and "layer, offset" in listing.output
+        image = tmp_path / "img.png"
+        import matplotlib.pyplot as plt
+        import numpy as np
+        plt.imsave(image, np.random.default_rng(0).random((40, 40, 3)))
+        ran = CliRunner().invoke(app, ["prune", "--image", str(image), "--question", "what color ?", "--model",
+                                       "tiny-llava", "--method", "first-plugin-test", "--keep", "3", "--knob", "offset=2",
+                                       "--out", str(tmp_path / "o.png")])
+        assert ran.exit_code == 0, ran.output
+        assert "kept 3 of" in ran.output
+        bad = CliRunner().invoke(app, ["--plugin", "no_such_module_here", "methods"])
+        assert bad.exit_code == 2 and "could not import the method plugin 'no_such_module_here'" in bad.output
+    finally:
+        prune.methods_module._REGISTRY.pop("first-plugin-test", None)
+        plugins._loaded.discard("my_methods_test")
+        sys.modules.pop("my_methods_test", None)
+
+
+def test_an_unknown_option_is_an_error_naming_the_method_options(images):
+    vlm = vta.models.tiny.build("llava", seed=1, num_layers=4)
+    batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    import pytest
+
+    with pytest.raises(vta.VTAError, match=r"method 'fastv' has no option 'layr'; its options: layer"):
+        prune.run(vlm, batch, "fastv", 0.5, layr=3)
+    assert prune.get("random").knobs == ["layer", "seed"] and prune.get("adafv").knobs == ["dedupe"]

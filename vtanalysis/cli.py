@@ -22,11 +22,45 @@ def _parse_layers(text: str):
 
 
 @app.callback()
-def main():
+def main(plugin: list[str] = typer.Option(None, help="Import this module first, so the pruning methods it "
+                                          "registers are usable by name (repeatable; see also VTA_PLUGINS).")):
     """vtanalysis command line."""
+    import os
+
     import matplotlib
 
+    from .errors import VTAError
+    from .prune import plugins
+
     matplotlib.use("Agg")  # figures go to files; only an entry point chooses the backend, never the library
+    if plugin:  # through the environment, so the app's server process loads them too
+        os.environ[plugins.ENV] = ",".join(filter(None, [os.environ.get(plugins.ENV, ""), *plugin]))
+        try:
+            plugins.load()
+        except VTAError as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2)
+
+
+def _parse_knobs(items: list[str] | None) -> dict:
+    """['layer=3', 'seed=1', 'dedupe=false'] -> {'layer': 3, 'seed': 1, 'dedupe': False}."""
+    import ast
+
+    knobs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"--knob takes name=value (e.g. --knob layer=3), not {item!r}.")
+        value = value.strip()
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            knobs[name.strip()] = lowered == "true"
+            continue
+        try:
+            knobs[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            knobs[name.strip()] = value
+    return knobs
 
 
 @app.command()
@@ -73,6 +107,8 @@ def prune_cmd(
     method: str = typer.Option("fastv", help="Pruning method (see `vtanalysis methods`)."),
     keep: str = typer.Option("0.25", help="Ratio in (0, 1] or a token count."),
     layer: int = typer.Option(None, help="Pruning layer K for single-stage methods (method default if unset)."),
+    knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. seed=1 (repeatable; "
+                                   "`vtanalysis methods` lists each method's)."),
     max_new_tokens: int = typer.Option(16, help="Answer length limit."),
     out: Path = typer.Option(Path("overlay.png"), help="Where to save the retained-token overlay."),
     device: str = typer.Option("cpu", help="torch device."),
@@ -88,7 +124,7 @@ def prune_cmd(
         vlm = load_vlm(model, device=device)
         img = load_image(image)
         batch = vlm.prepare([img], [question])
-        knobs = {"layer": layer} if layer is not None else {}
+        knobs = {**_parse_knobs(knob), **({"layer": layer} if layer is not None else {})}
         base = prune.run(vlm, batch, "none", max_new_tokens=max_new_tokens)
         res = prune.run(vlm, batch, method, _parse_keep(keep), max_new_tokens=max_new_tokens, **knobs)
     except VTAError as err:
@@ -197,6 +233,8 @@ def eval_cmd(
     method: str = typer.Option("none", help="Pruning method (see `vtanalysis methods`)."),
     keep: str = typer.Option("1.0", help="Ratio in (0, 1] or a token count."),
     batch_size: int = typer.Option(16, help="Samples per batch."),
+    knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. layer=3 or seed=1 "
+                                   "(repeatable; `vtanalysis methods` lists each method's)."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
@@ -214,7 +252,7 @@ def eval_cmd(
         data = data or _demo_heldout(model, Path(tempfile.mkdtemp(prefix="vta-heldout-")), samples)
         rows = read_samples(data)[:samples]
         result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
-                          progress=not json_out)
+                          progress=not json_out, **_parse_knobs(knob))
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)

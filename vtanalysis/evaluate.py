@@ -38,8 +38,12 @@ def score(predictions: list[str], samples: list[Sample]) -> dict:
 
 
 def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | int = 1.0, batch_size: int = 16,
-             max_new_tokens: int = 3, progress: bool = True, **knobs) -> dict:
+             max_new_tokens: int = 3, progress: bool = True, seed: int = 0, **knobs) -> dict:
     """Answer `samples` with `method` pruning at `keep`; accuracy, per-type accuracy, FLOPs ratio, times.
+
+    Methods that draw at random (a `seed` knob: random, random-3x3) give sample i its own draw,
+    seed seed * len(samples) + i, the same at any batch size; runs with different `seed`s never
+    share a draw.
 
     Returns the `score` dict plus "method", "keep", "samples", "flops_ratio" (summed pruned over
     unpruned prefill FLOPs), "prefill_s" and "decode_s" (summed wall times), and "predictions".
@@ -48,10 +52,13 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
 
     from . import prune
 
+    seeded = "seed" in prune.get(method).knobs
     predictions, flops, full, prefill, decode = [], 0, 0, 0.0, 0.0
     for i in tqdm(range(0, len(samples), batch_size), desc=f"eval {method} keep {keep:g}", disable=not progress):
         chunk = samples[i:i + batch_size]
         batch = vlm.prepare([load_image(s.image) for s in chunk], [s.question for s in chunk])
+        if seeded:
+            knobs["seed"] = seed * len(samples) + i  # the run gives sample b of this chunk seed + b
         res = prune.run(vlm, batch, method, keep, max_new_tokens=max_new_tokens, **knobs)
         predictions += res.answers
         flops, full = flops + sum(res.flops), full + sum(res.flops_unpruned)

@@ -35,6 +35,7 @@ FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "c
 METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "random")
 ABLATIONS = ("adaptprune-correction", "adaptprune-distance")  # AdaptPrune Table 4: one cue at a time
 KEEPS = (0.5, 0.25, 0.1)
+SEEDS = (0, 1, 2)  # methods that draw at random are evaluated with each
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
@@ -306,22 +307,38 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> 
 
     methods = [m for m in methods if "cls" not in get(m).needs or ctx.vlm.adapter.has_cls]
 
-    def run(method, keep):
+    def run(method, keep, seed=0):
         def compute():
-            r = evaluate(ctx.vlm, ctx.samples, method=method, keep=keep, batch_size=ctx.batch_size, progress=ctx.progress)
+            r = evaluate(ctx.vlm, ctx.samples, method=method, keep=keep, batch_size=ctx.batch_size,
+                         progress=ctx.progress, seed=seed)
             r.pop("predictions")
             return r
-        return cached(ctx.cache, f"eval-{method}-{keep}", ctx.key, compute)
+        return cached(ctx.cache, f"eval-{method}-{keep}-seed{seed}", ctx.key, compute)
+
+    def row(method, keep):
+        """One row; a method that draws at random is run with each of SEEDS: the mean and the spread."""
+        if "seed" not in get(method).knobs:
+            return {"method": method, "keep": keep, **_row(run(method, keep), base)}
+        runs = [run(method, keep, seed) for seed in SEEDS]
+        accs = [r["accuracy"] for r in runs]
+        mean = {**runs[0], "accuracy": float(np.mean(accs))}
+        return {"method": method, "keep": keep, **_row(mean, base), "seeds": len(SEEDS),
+                "accuracy_min": min(accs), "accuracy_max": max(accs)}
 
     base = run("none", 1.0)
     rows = [{"method": "none", "keep": 1.0, **_row(base, base)}]
-    rows += [{"method": m, "keep": k, **_row(run(m, k), base)} for m in methods for k in keeps]
+    rows += [row(m, k) for m in methods for k in keeps]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         style = ":" if m in ABLATIONS else "-"
-        axes[0].plot([r["keep"] for r in mine], [r["accuracy"] for r in mine], "o" + style, label=m)
-        axes[1].plot([r["keep"] for r in mine], [r["flops_ratio"] for r in mine], "o" + style, label=m)
+        x, acc = [r["keep"] for r in mine], [r["accuracy"] for r in mine]
+        if "seeds" in mine[0]:  # min-max over the seeds as error bars
+            spread = [[a - r["accuracy_min"] for a, r in zip(acc, mine)], [r["accuracy_max"] - a for a, r in zip(acc, mine)]]
+            axes[0].errorbar(x, acc, yerr=spread, fmt="o" + style, capsize=3, label=f"{m} (mean, min-max of {len(SEEDS)} seeds)")
+        else:
+            axes[0].plot(x, acc, "o" + style, label=m)
+        axes[1].plot(x, [r["flops_ratio"] for r in mine], "o" + style, label=m)
     axes[0].axhline(base["accuracy"], color="black", ls="--", lw=1, label="unpruned")
     axes[0].set_ylabel("exact-match accuracy")
     axes[1].set_ylabel("prefill FLOPs / unpruned")

@@ -53,7 +53,8 @@ def _ranks(order: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: float = 0.25) -> torch.Tensor:
+def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: float = 0.25,
+           dedupe: bool = True) -> torch.Tensor:
     """Self-adaptive cross-modality attention mixture (SACMAM).
 
     Args:
@@ -61,10 +62,12 @@ def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: f
         saliency: [N] visual saliency ([CLS] attention).
         keep: budget, 1 <= keep <= N.
         min_share: fraction of the budget each ranking gets first.
+        dedupe: where both rankings pick the same token, give the freed slot to the next best of
+            the two rankings in turn, T2I first (default; stronger than the authors'). False is the
+            authors' code (JiayiV/AdaV, `LlavaLlamaForCausalLM.generate`): the two index lists are
+            concatenated and sorted, so such a token enters the LLM twice.
     Returns:
-        LongTensor [keep], ascending, no duplicates, on the scores' device. Where both rankings
-        pick the same token (the authors' code keeps the duplicate), the freed slots go to the next
-        best of the two rankings in turn, T2I first.
+        LongTensor [keep], ascending, on the scores' device; no duplicates unless dedupe=False.
 
     The turn-by-turn fill is computed in one pass: after the first picks, turn 2r offers the T2I
     ranking's next token r and turn 2r + 1 the saliency ranking's; a token joins at the first turn
@@ -77,6 +80,10 @@ def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: f
     remaining = keep - 2 * floor
     k1 = split_budget(t2i[t_order[floor:]], saliency[s_order[floor:]], remaining)
     take_t, take_s = floor + k1, floor + remaining - k1
+    if not dedupe:  # the first take_t of one ranking and take_s of the other, host-known total `keep`
+        slots = torch.arange(keep, device=t2i.device)
+        picks = torch.where(slots < take_t, t_order[slots.clamp(max=n - 1)], s_order[(slots - take_t).clamp(0, n - 1)])
+        return picks.sort().values
     rank_t, rank_s = _ranks(t_order), _ranks(s_order)
     first_picks = (rank_t < take_t) | (rank_s < take_s)
     offer = torch.minimum(2 * (rank_t - take_t), 2 * (rank_s - take_s) + 1)

@@ -6,7 +6,8 @@ Text prior per head h, for text token j in T (every token after the image block)
 Image score:
     s(v) = sum_h sum_{j in T} w_h(j) * A_h[j, v]
 with A_h the causal softmax attention of head h at the pruning layer (no head averaging, no
-normalisation). LLaVA-1.5-7B schedule: prune after layers 1, 10, 20; positions renumbered.
+normalisation). LLaVA-1.5-7B schedule: prune after layers 1, 10, 20; Qwen2-VL(-2B, 28 layers):
+prune after layers 0, 9, 19 keeping 0.5 / 0.6 / 0.3 of the tokens still there. Positions renumbered.
 """
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ SCHEDULE_LAYERS = (1, 10, 20)
 PRESET_IMAGE_TOKENS = 576  # ok-literal: the token count the published presets were made for
 PRESETS_7B = {128: (290, 72, 18), 64: (133, 27, 3), 48: (80, 24, 2), 32: (40, 12, 0)}
 PRESETS_13B = {128: (300, 94, 30), 64: (148, 40, 5)}
+# Qwen2-VL-2B (QWEN_DEPTH layers): prune after these layers, each keeping a ratio of the current count.
+QWEN_SCHEDULE_LAYERS = (0, 9, 19)
+QWEN_RATIOS = (0.5, 0.6, 0.3)
+QWEN_DEPTH = 28  # ok-literal: Qwen2-VL-2B's decoder depth, the schedule's reference
+
+
+def chained_counts(n: int, ratios) -> list[int]:
+    """Counts of a schedule whose ratios are relative to the current count: int(n * r1), then
+    int(that * r2), ... (the authors' Qwen2-VL rule)."""
+    out = []
+    for r in ratios:
+        n = int(n * r + 1e-9)
+        out.append(n)
+    return out
 
 
 def authors_average(n: int, stages: list[tuple[int, int]], depth: int) -> float:

@@ -43,18 +43,25 @@ class StageInputs:
     embedding and vision fields instead; the rest are None.
 
     Attributes:
+        sample: the sample's index in the batch.
         columns: [n] layout columns of the current image tokens.
         grids: [(start, h, w)] in current-image index space, or None once a stage has broken the grids.
         newline: [n] bool, True for LLaVA-NeXT newline tokens.
         newline_index, patch_index: indices of the newline and of the other tokens, ascending
             (known without a device round trip at the first stage; see `split_newlines`).
+        positions: [n] sequence positions of the current image tokens (pre-LLM stages).
+        crops, crop_keep: pre-LLM stages: per crop (an image, or a LLaVA-NeXT base image or tile),
+            the indices of its patch tokens (ascending) and how many of them to keep; the stage keeps
+            sum(crop_keep) + the newline tokens.
         last_row: [n] head-mean attention of the last prompt token over the current image tokens (layer K-1).
         text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
         text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
         image_to_image: [H, n, n] per-head attention among the image tokens (methods needing "image_rows").
         keys: [n, D]: k_proj of layer K on the hidden states entering it (no norm, no RoPE).
-        text_embeds: [T, D] LLM input embeddings of the text after the image(s).
-        image_embeds: [n, D] LLM input embeddings of the image tokens (projected features).
+        text_embeds: [T, D] LLM input embeddings of the text after the image(s) (pre-LLM stages, and
+            in-LLM stages of methods needing "embeds": SparseVLM's raters).
+        image_embeds: [N, D] LLM input embeddings of all the sample's image tokens as they entered
+            layer 0 (projected features; at a pre-LLM stage these are the current tokens).
         saliency: [n] vision [CLS] attention (NaN at newline tokens).
         vision_keys: [n, d] head-mean vision keys at the feature layer (NaN at newline tokens).
     """
@@ -62,8 +69,12 @@ class StageInputs:
     columns: torch.Tensor
     grids: list | None
     newline: torch.Tensor
+    sample: int = 0
     newline_index: torch.Tensor | None = None
     patch_index: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    crops: list | None = None
+    crop_keep: list | None = None
     last_row: torch.Tensor | None = None
     text_to_text: torch.Tensor | None = None
     text_to_image: torch.Tensor | None = None
@@ -87,7 +98,8 @@ class Stage:
     """One pruning stage: layers >= `layer` see `keep(n_current)` image tokens chosen by `choose`."""
 
     layer: int
-    keep: object  # callable: the sample's original image-token count -> tokens this stage keeps
+    keep: object  # callable: the sample's index in the batch -> image tokens this stage keeps
+    per_crop: list = field(default_factory=list)  # pre-LLM stages: per sample, tokens kept of each crop
     # filled at prefill (device tensors; the counts are host integers known from the plan):
     sel: torch.Tensor | None = None      # [B, Ls] indices into the previous stage's sequence
     pos: torch.Tensor | None = None      # [B, Ls] indices into the full (unpruned) sequence
@@ -117,9 +129,16 @@ class Pruner:
         needs: what the chooser reads besides attention rows: "keys" (k_proj at each stage's layer,
             AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "own_rows" (rows from
             layer K's own q/k on the states entering it, not layer K-1's: PyramidDrop), "cls" (vision [CLS]
-            attention; the caller runs a `vision.VisionCapture` passed as `vision`).
+            attention; the caller runs a `vision.VisionCapture` passed as `vision`), "embeds" (the LLM input
+            embeddings of text and image tokens, also at in-LLM stages: SparseVLM).
         vision: the `VisionCapture` of this run, for a pre-LLM stage needing "cls".
         pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
+        crops: pre-LLM stages with per-crop budgets (`Stage.per_crop`): per sample, per crop, its
+            patch columns (`vision.crop_columns`).
+        ordered: (pre-LLM only) the chooser's indices, in the order returned and repeats included,
+            make up each image's part of the shortened sequence (VisionZip's [CLS, dominant,
+            contextual] order; AdaFV's duplicated tokens with dedupe=False). Otherwise the kept
+            tokens keep their sequence order and a chooser must not repeat one.
 
     Speed: everything a stage's layers need (gathered states, position ids, rotary tables, mask)
     is built once when the stage starts and reused by its layers. A stage with no padding and no
@@ -128,7 +147,8 @@ class Pruner:
     """
 
     def __init__(self, vlm, batch, stages: list[Stage], choose, *, positions: str = "original",
-                 needs: tuple[str, ...] = (), vision=None, pre: bool = False):
+                 needs: tuple[str, ...] = (), vision=None, pre: bool = False, ordered: bool = False,
+                 crops: list | None = None):
         if positions not in ("original", "renumber"):
             raise VTAError(f"positions must be 'original' or 'renumber', not {positions!r}.")
         if positions == "renumber" and vlm.adapter.mrope:
@@ -140,7 +160,9 @@ class Pruner:
         if not pre and (any(l < 1 for l in layers) or layers != sorted(set(layers))):
             raise VTAError(f"pruning layers must be increasing and >= 1 (scores come from the layer before), "
                            f"got {layers}; this model has {vlm.num_layers} decoder layers.")
-        self.vlm, self.batch, self.stages, self.choose = vlm, batch, stages, choose
+        if ordered and not pre:
+            raise VTAError("ordered selections are for pre-LLM methods (one stage at layer 0).")
+        self.vlm, self.batch, self.stages, self.choose, self.ordered = vlm, batch, stages, choose, ordered
         self.positions, self.needs, self.vision = positions, needs, vision
         self.lm = vlm.adapter.language_model(vlm.model)
         self.layers = vlm.decoder_layers
@@ -161,12 +183,24 @@ class Pruner:
             self.newline_col.append(is_newline.to(dev))
             self.newline_idx.append(is_newline.nonzero().flatten().to(dev))
             self.patch_idx.append((~is_newline).nonzero().flatten().to(dev))
+        self.crops = [[c.to(dev) for c in sample] for sample in crops or []]
+        if ordered:  # host-known layout for `_build_ordered`: the non-image positions, each column's block start
+            self.other_pos, self.block_start = [], []
+            for lay in batch.layouts:
+                is_image = torch.zeros(self.prompt_len, dtype=torch.bool)
+                is_image[lay.image_positions] = True
+                self.other_pos.append((~is_image).nonzero().flatten().to(dev))
+                start = torch.empty(lay.n_image_tokens, dtype=torch.long)
+                for a, b in lay.image_columns or [(0, lay.n_image_tokens)]:
+                    start[a:b] = lay.image_positions[a:b].min()
+                self.block_start.append(start.to(dev))
         self.q_len = self.total_len = 0
         self._lm_mask = None  # the language model call's 2-D padding mask, if it got one
         self._rows = {}
         self._text_idx = {}
         self._per_call = {}  # (stage, purpose) -> tensors reused by every layer of a stage in one call
         self._orig = {}
+        self._input_embeds = None  # per sample (text [T, D], image [N, D]) entering layer 0, for "embeds"
 
     # -- context --------------------------------------------------------------------------------
     def __enter__(self):
@@ -175,6 +209,9 @@ class Pruner:
             self._orig[l] = self.layers[l].forward
             self.layers[l].forward = self._wrap(l, self._orig[l])
         self._hook = self.lm.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        self._embeds_hook = None
+        if "embeds" in self.needs and self.stages and self.stages[0].layer > 0:
+            self._embeds_hook = self.layers[0].register_forward_pre_hook(self._on_input_embeds, with_kwargs=True)
         own = "own_rows" in self.needs  # scores from layer K's own q/k instead (PyramidDrop)
         self._tap_ctx = tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
                                        for i, st in enumerate(self.stages) if st.layer > 0 and not own})
@@ -186,7 +223,16 @@ class Pruner:
         for l, fwd in self._orig.items():
             self.layers[l].forward = fwd
         self._hook.remove()
+        if self._embeds_hook is not None:
+            self._embeds_hook.remove()
         return False
+
+    def _on_input_embeds(self, module, args, kwargs):
+        """Keep the text and image input embeddings of every sample (prefill, once)."""
+        if self._input_embeds is None and not self.decoding:
+            h = args[0] if args else kwargs["hidden_states"]
+            self._input_embeds = [(h[b, t].float(), h[b, i].float())
+                                  for b, (t, i) in enumerate(zip(self.text_pos, self.image_pos))]
 
     def _on_call(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
@@ -283,20 +329,24 @@ class Pruner:
         for b, lay in enumerate(self.batch.layouts):
             img = image_prev[b]
             inputs = StageInputs(columns=cols_prev[b], grids=[(g.start, *g.shape) for g in lay.grids] if s == 0 else None,
-                                 newline=self.newline_col[b][cols_prev[b]])
+                                 newline=self.newline_col[b][cols_prev[b]], sample=b)
             if s == 0:
                 inputs.newline_index, inputs.patch_index = self.newline_idx[b], self.patch_idx[b]
             if stage.layer == 0:
                 self._embedding_inputs(inputs, b, hidden, img)
+                if stage.per_crop:
+                    inputs.crops, inputs.crop_keep = self.crops[b], stage.per_crop[b]
             else:
                 self._attention_inputs(inputs, s, b, hidden, img)
-            k = min(stage.keep(lay.n_image_tokens), counts_prev[b])
+            k = min(stage.keep(b), counts_prev[b])
             chosen = self.choose(inputs, k, s).to(self.device)
             if chosen.shape != (k,):
                 raise RuntimeError(f"a selection returned {tuple(chosen.shape)} indices for keep={k}")
-            chosen_all.append(chosen.sort().values)
+            chosen_all.append(chosen if self.ordered else chosen.sort().values)
             kept.append(k)
         real = [real_prev[b] - counts_prev[b] + k for b, k in enumerate(kept)]
+        if self.ordered:
+            return self._build_ordered(stage, chosen_all, kept, real, cols_prev)
         new_len = max(real)
         keep_mask = valid_prev.clone()
         for b, chosen in enumerate(chosen_all):
@@ -321,6 +371,33 @@ class Pruner:
         stage.columns = [cols_prev[b][c] for b, c in enumerate(chosen_all)]
         stage.kept_counts, stage.real = kept, real
         self._rows.pop(s, None)
+
+    def _build_ordered(self, stage: Stage, chosen_all, kept, real, cols_prev) -> None:
+        """The pre-LLM stage's sequence when the chooser's order (and repeats) count: per sample,
+        every non-image token in place and, in each image's block, its chosen tokens in the order
+        chosen; samples shorter than the longest start with masked fillers. Sort keys are integers: token p -> p (k + 1), the r-th chosen token of the image
+        block starting at p0 -> p0 (k + 1) + r, so a block's tokens sit between its neighbours."""
+        new_len = max(real)
+        sel = torch.zeros(len(real), new_len, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(real), new_len, dtype=torch.bool, device=self.device)
+        stage.image = []
+        for b, chosen in enumerate(chosen_all):
+            k, other = kept[b], self.other_pos[b]
+            index = torch.cat([other, self.image_pos[b][chosen]])
+            key = torch.cat([other * (k + 1), self.block_start[b][chosen] * (k + 1) + torch.arange(k, device=self.device)])
+            order = torch.argsort(key)
+            pad = new_len - real[b]  # fillers go first, like left padding: the last token stays last
+            sel[b, pad:] = index[order]
+            valid[b, pad:] = True
+            slot = torch.empty_like(order)
+            slot[order] = torch.arange(pad, new_len, device=self.device)
+            stage.image.append(slot[len(other):])
+        stage.sel, stage.pos, stage.valid = sel, sel, valid
+        stage.fillers = len(set(real)) > 1
+        stage.dropped = self.prompt_len - valid.sum(1)
+        stage.columns = [cols_prev[b][c] for b, c in enumerate(chosen_all)]
+        stage.kept_counts, stage.real = kept, real
+        self._rows.pop(0, None)
 
     def _own_rows(self, s: int, hidden, attention_mask, position_ids, position_embeddings) -> None:
         """Rows of layer K's own attention on the hidden states entering it (PyramidDrop ranks with
@@ -357,12 +434,15 @@ class Pruner:
         inputs.text_to_image = text[:, :, img]
         if "image_rows" in self.needs:
             inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img]
+        if "embeds" in self.needs:
+            inputs.text_embeds, inputs.image_embeds = self._input_embeds[b]
         if "keys" in self.needs:
             with torch.no_grad():
                 inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float()
 
     def _embedding_inputs(self, inputs: StageInputs, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the pre-LLM fields from the embeddings entering layer 0 and the vision capture."""
+        inputs.positions = img
         inputs.text_embeds = hidden[b, self.text_pos[b]].float()
         inputs.image_embeds = hidden[b, img].float()
         if "cls" in self.needs:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, fastv, visionzip
-from .budget import average_tokens, bisect_increasing, keep_count, table_counts
+from . import adafv, adaptinfer, adaptprune, fastv, plugins, visionzip
+from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 
 
@@ -28,14 +28,32 @@ class Method:
     choose: Callable
     plan: Callable
     positions: str = "original"     # default position-id convention
-    # optional context for the run: prepare(vlm, batch, first_stage, vision_capture) (VisionZip's merge)
+    # optional context for the run: prepare(vlm, batch, first_stage, vision_capture, crops) (VisionZip's merge)
     prepare: Callable | None = None
+    # keyword options `prune.run` passes to `choose` instead of `plan` (e.g. seed, dedupe)
+    choose_knobs: tuple[str, ...] = ()
+    # pre-LLM only: the chooser's order (repeats included) is the image part of the sequence
+    ordered: bool = False
+
+    @property
+    def plan_knobs(self) -> list[str]:
+        params = list(inspect.signature(self.plan).parameters.values())[3:]  # after vlm, n_image, keep
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
     @property
     def knobs(self) -> list[str]:
-        """The keyword options `prune.run(..., **knobs)` passes to this method's plan (e.g. layer)."""
-        params = list(inspect.signature(self.plan).parameters.values())[3:]  # after vlm, n_image, keep
-        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        """The keyword options `prune.run(..., **knobs)` accepts for this method (e.g. layer, seed)."""
+        return self.plan_knobs + list(self.choose_knobs)
+
+    def split_knobs(self, knobs: dict) -> tuple[dict, dict]:
+        """(plan knobs, choose knobs); an option the method does not have is an error naming the ones it has."""
+        takes_any = any(p.kind == p.VAR_KEYWORD and p.name != "_" for p in inspect.signature(self.plan).parameters.values())
+        unknown = [k for k in knobs if k not in self.knobs]
+        if unknown and not takes_any:
+            raise VTAError(f"method '{self.name}' has no option {', '.join(map(repr, unknown))}; its options: "
+                           f"{', '.join(self.knobs) or 'none'}.")
+        choose = {k: v for k, v in knobs.items() if k in self.choose_knobs}
+        return {k: v for k, v in knobs.items() if k not in choose}, choose
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -55,11 +73,15 @@ def register(method: Method) -> Method:
 def get(name: str) -> Method:
     """The method called `name`; unknown names get an error listing all registered ones."""
     if name not in _REGISTRY:
+        plugins.load()
+    if name not in _REGISTRY:
         raise VTAError(f"unknown pruning method '{name}'. Registered methods: {', '.join(methods())}.")
     return _REGISTRY[name]
 
 
 def methods() -> list[str]:
+    """Every registered method's name (plugins included, see `prune.plugins`)."""
+    plugins.load()
     return sorted(_REGISTRY)
 
 
@@ -77,14 +99,15 @@ def no_stage(vlm, n_image, keep, **_):
     return []
 
 
-def scaled_layers(vlm, layers_of_32: tuple[int, ...]) -> list[int]:
-    """A 32-layer schedule mapped proportionally onto this model's depth (>= 1, increasing, unique)."""
+def scaled_layers(vlm, layers: tuple[int, ...], of: int = 32) -> list[int]:
+    """A schedule for an `of`-layer model mapped proportionally onto this model's depth (>= 1,
+    increasing, unique)."""
     depth = vlm.num_layers
-    if depth == 32:
-        return list(layers_of_32)
+    if depth == of:
+        return list(layers)
     out = []
-    for l in layers_of_32:
-        k = min(max(1, round(l * depth / 32)), depth - 1)
+    for l in layers:
+        k = min(max(1, round(l * depth / of)), depth - 1)
         if not out or k > out[-1]:
             out.append(k)
     return out
@@ -96,24 +119,42 @@ def budget_tokens(keep: float | int, n_image: int) -> float:
     return n_image * keep if isinstance(keep, float) else float(keep)
 
 
-def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, **_):
+def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, ratios=None, **_):
     """AdaptInfer's multi-stage schedule.
 
-    Defaults: prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other depths) with
-    the authors' LLaVA-1.5-7B per-stage counts for average budgets 128, 64, 48 and 32 of
-    `adaptinfer.PRESET_IMAGE_TOKENS` tokens. `keep` sets the budget B, the image-token count
-    averaged over the decoder layers as the authors count it (`adaptinfer.authors_average`, which
-    reproduces their presets: 290/72/18 averages 128.8). With that many image tokens and B one of
-    the published budgets the preset is used as published; otherwise the preset nearest in share
-    is scaled (capped at n_image) until its average equals B (bisection).
+    LLaVA (default): prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other
+    depths) with the authors' LLaVA-1.5-7B per-stage counts for average budgets 128, 64, 48 and 32
+    of `adaptinfer.PRESET_IMAGE_TOKENS` tokens. Qwen2-VL: prune after layers 0, 9, 19 (of 28,
+    scaled to other depths) with the authors' ratios 0.5 / 0.6 / 0.3 of the current count
+    (`adaptinfer.chained_counts`). `ratios=` gives the counts by that rule directly (keep unused).
+    `keep` sets the budget B, the image-token count averaged over the decoder layers as the authors
+    count it (`adaptinfer.authors_average`, which reproduces their presets: 290/72/18 averages
+    128.8). A published budget on the published geometry uses the preset as published (Qwen2-VL:
+    B equal to the ratios' own average); otherwise the preset (LLaVA: nearest in share) is scaled,
+    capped at n_image, until its average equals B (bisection).
     `counts` overrides the per-stage kept counts; `layers` the stage layers.
     """
-    stage_layers = list(layers) if layers is not None else scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
-    if counts is None:
+    qwen = getattr(getattr(vlm, "adapter", None), "mrope", False)  # Qwen2-VL's M-RoPE family
+    if layers is not None:
+        stage_layers = list(layers)
+    elif qwen:
+        stage_layers = scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.QWEN_SCHEDULE_LAYERS), adaptinfer.QWEN_DEPTH)
+    else:
+        stage_layers = scaled_layers(vlm, tuple(l + 1 for l in adaptinfer.SCHEDULE_LAYERS))
+
+    def average(c):
+        return adaptinfer.authors_average(n_image, list(zip(stage_layers, c)), vlm.num_layers)
+
+    if counts is None and ratios is not None:
+        counts = adaptinfer.chained_counts(n_image, ratios)
+    if counts is None and qwen:
+        preset = adaptinfer.chained_counts(n_image, adaptinfer.QWEN_RATIOS[: len(stage_layers)])
+        budget = budget_tokens(keep, n_image)
+        counts = preset if abs(average(preset) - budget) < 0.5 else scale_to_average(preset, budget, n_image, average)
+    elif counts is None:
         presets = {b: c[: len(stage_layers)] for b, c in adaptinfer.PRESETS_7B.items()}
         counts = table_counts(presets, adaptinfer.PRESET_IMAGE_TOKENS, budget_tokens(keep, n_image), n_image,
-                              vlm.num_layers, lambda c: adaptinfer.authors_average(
-                                  n_image, list(zip(stage_layers, c)), vlm.num_layers))
+                              vlm.num_layers, average)
     if len(counts) != len(stage_layers):
         raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
     counts = [min(c, n_image) for c in counts]
@@ -131,7 +172,7 @@ def pre_stage(rounding: str = "floor"):
 
 # SparseVLM's per-budget kept counts at its three pruning layers (authors' code), by the budget
 # they are published for, on LLaVA-1.5's image tokens (SPARSEVLM_IMAGE_TOKENS).
-SPARSEVLM_TABLES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+SPARSEVLM_TABLES = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
 SPARSEVLM_IMAGE_TOKENS = 576  # ok-literal: the token count the published tables were made for
 
 
@@ -209,9 +250,18 @@ def choose_none(inputs, keep, stage):
     return torch.arange(keep, device=inputs.columns.device)
 
 
-def choose_random(inputs, keep, stage):
-    g = torch.Generator().manual_seed(0)
-    return torch.randperm(len(inputs.columns), generator=g)[:keep].sort().values.to(inputs.columns.device)
+def sample_noise(inputs, seed: int) -> torch.Tensor:
+    """[n] uniform noise, on the model's device, drawn for this sample alone: sample b of a batch
+    draws with seed + b (so `evaluate`, passing seed + the chunk's first index, gives every
+    sample of a dataset its own draw at any batch size; the same seed reproduces it)."""
+    device = inputs.columns.device
+    g = torch.Generator(device=device).manual_seed(seed + inputs.sample)
+    return torch.rand(len(inputs.columns), generator=g, device=device)
+
+
+def choose_random(inputs, keep, stage, seed=0):
+    """Table 5 'random': `keep` tokens drawn uniformly, per sample (`sample_noise`)."""
+    return torch.topk(sample_noise(inputs, seed), keep).indices.sort().values
 
 
 def choose_last(inputs, keep, stage):
@@ -256,9 +306,9 @@ def choose_max_block(inputs, keep, stage):
     return _one_per_block(inputs, keep, inputs.last_row)
 
 
-def choose_random_block(inputs, keep, stage):
-    g = torch.Generator().manual_seed(0)
-    return _one_per_block(inputs, keep, torch.rand(len(inputs.columns), generator=g).to(inputs.last_row.device))
+def choose_random_block(inputs, keep, stage, seed=0):
+    """Table 5: a random token per 3x3 block (`sample_noise`), then the top-k of those by score."""
+    return _one_per_block(inputs, keep, sample_noise(inputs, seed))
 
 
 def choose_skip(inputs, keep, stage):
@@ -280,28 +330,50 @@ def choose_fitprune(inputs, keep, stage):
     return fastv.select(cross * self_term, keep)
 
 
+def sparsevlm_raters(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+    """SparseVLM's text raters (Gumpest/SparseVLMs, `LlamaDynamicvitModel.forward`), chosen once from
+    the LLM input embeddings: r(t) = mean over image tokens v of softmax_over_text(v . t) (no scaling);
+    raters are the text tokens with r above its mean. [T, D], [N, D] -> [T] bool. When no token is
+    above the mean (all equal) every text token rates (the authors' code would have no raters)."""
+    r = torch.softmax(image_embeds.float() @ text_embeds.float().T, dim=1).mean(0)
+    raters = r > r.mean()
+    return raters | ~raters.any()
+
+
 def choose_sparsevlm(inputs, keep, stage):
-    """SparseVLM rating: text 'raters' are the text tokens whose (head-mean) attention to the image
-    tokens is above the mean over text tokens; score = the raters' mean attention per image token."""
-    tv = inputs.text_to_image.mean(0)  # [T, n]
-    mass = tv.sum(1)
-    raters = mass > mass.mean()
-    raters = raters | ~raters.any()  # all text tokens attend equally: everyone rates
+    """SparseVLM rating (Gumpest/SparseVLMs, `attn_postprocess_topk`): the pruning layer's head-mean
+    attention rows of the raters (`sparsevlm_raters`), averaged over raters, over the current image
+    tokens; keep the top-k."""
+    raters = sparsevlm_raters(inputs.text_embeds, inputs.image_embeds)
     weight = raters.float() / raters.sum()
-    return fastv.select(weight @ tv, keep)
+    return fastv.select(weight @ inputs.text_to_image.mean(0), keep)
 
 
 # -- pre-LLM choosers --------------------------------------------------------------------------------
 def among_patches(pick):
-    """A pre-LLM chooser: LLaVA-NeXT newline tokens are kept first, counted in one global budget (the
-    authors take a top-T per crop with the newlines on top: not reproduced yet); the rest goes to `pick(inputs, patches, k)` -> indices into `patches`."""
-    def choose(inputs, keep, stage):
+    """A pre-LLM chooser with the authors' per-crop budget: each crop (an image; a LLaVA-NeXT base
+    image or tile) keeps `crop_keep` of its patches by `pick(inputs, patches, k, **knobs)` -> indices
+    into `patches`; LLaVA-NeXT newline tokens are kept on top. Without crops (a chooser called by
+    hand) the patches are one crop keeping `keep` minus the newlines. The result is in sequence
+    order (a token `pick` repeats, as AdaFV's authors do with dedupe=False, sits next to itself)."""
+    def choose(inputs, keep, stage, **knobs):
         newlines, patches = split_newlines(inputs)
-        newlines = newlines[:keep]
-        k = keep - len(newlines)
-        picked = patches[pick(inputs, patches, k)] if k > 0 else patches[:0]
-        return torch.cat([newlines, picked]).sort().values
+        crops = inputs.crops if inputs.crops is not None else [patches]
+        budgets = inputs.crop_keep if inputs.crop_keep is not None else [keep - len(newlines)]
+        picked = torch.cat([newlines, *[crop[pick(inputs, crop, k, **knobs)] for crop, k in zip(crops, budgets) if k > 0]])
+        rank = inputs.positions[picked] if inputs.positions is not None else picked
+        return picked[torch.argsort(rank, stable=True)]
     return choose
+
+
+def _t2i(inputs, patches, cosine=False):
+    """T2I scores of `patches`, normalised over all the sample's patches (newlines excluded), as the
+    authors' softmax runs over every image token of the sample."""
+    _, every = split_newlines(inputs)
+    score = adafv.cosine_scores if cosine else adafv.t2i_scores
+    full = torch.full((len(inputs.columns),), float("-inf"), device=inputs.columns.device)
+    full[every] = score(inputs.text_embeds, inputs.image_embeds[every])
+    return full[patches]
 
 
 def pick_saliency(inputs, patches, k):
@@ -309,25 +381,23 @@ def pick_saliency(inputs, patches, k):
 
 
 def pick_t2i(inputs, patches, k):
-    return fastv.select(adafv.t2i_scores(inputs.text_embeds, inputs.image_embeds[patches]), k)
+    return fastv.select(_t2i(inputs, patches), k)
 
 
-def pick_sacmam(inputs, patches, k):
-    t2i = adafv.t2i_scores(inputs.text_embeds, inputs.image_embeds[patches])
-    return adafv.select(t2i, inputs.saliency[patches], k)
+def pick_sacmam(inputs, patches, k, dedupe=True):
+    return adafv.select(_t2i(inputs, patches), inputs.saliency[patches], k, dedupe=dedupe)
 
 
-def pick_fixed_mixture(inputs, patches, k):
-    cos = adafv.cosine_scores(inputs.text_embeds, inputs.image_embeds[patches])
-    return adafv.select(cos, inputs.saliency[patches], k, min_share=0.5)
+def pick_fixed_mixture(inputs, patches, k, dedupe=True):
+    return adafv.select(_t2i(inputs, patches, cosine=True), inputs.saliency[patches], k, min_share=0.5, dedupe=dedupe)
 
 
 def choose_visionzip(inputs, keep, stage):
-    return visionzip.plan(inputs.saliency, inputs.vision_keys, split_newlines(inputs), keep)[0]
+    return visionzip.choose(inputs)
 
 
-def prepare_visionzip(vlm, batch, stage, capture):
-    return visionzip.ProjectorMerge(vlm, batch, stage.keep, capture)
+def prepare_visionzip(vlm, batch, stage, capture, crops):
+    return visionzip.ProjectorMerge(vlm, batch, stage, crops, capture)
 
 
 for m in [
@@ -340,9 +410,10 @@ for m in [
            ("last_row",), choose_adaptprune(sigma_d=0.0, sigma_s=None), single_stage(adaptprune.LAYER)),
     Method("adaptprune-distance", "AdaptPrune ablation (Table 4 c): correction + distance decay", "llm",
            ("last_row",), choose_adaptprune(sigma_s=None), single_stage(adaptprune.LAYER)),
-    Method("random", "Table 5: random tokens", "llm", (), choose_random, single_stage(adaptprune.LAYER)),
+    Method("random", "Table 5: random tokens (per-sample draws from seed)", "llm", (), choose_random,
+           single_stage(adaptprune.LAYER), choose_knobs=("seed",)),
     Method("random-3x3", "Table 5: a random token per 3x3 block, then top-k", "llm", ("last_row",),
-           choose_random_block, single_stage(adaptprune.LAYER)),
+           choose_random_block, single_stage(adaptprune.LAYER), choose_knobs=("seed",)),
     Method("max-3x3", "Table 5: the best token per 3x3 block, then top-k", "llm", ("last_row",), choose_max_block,
            single_stage(adaptprune.LAYER)),
     Method("avgpool-3x3", "Table 5: 3x3 average-pooled scores, then top-k", "llm", ("last_row",), choose_avgpool,
@@ -358,16 +429,19 @@ for m in [
     Method("fitprune", "Table 5: single-layer FitPrune (text->image x image->image attention, head max)", "llm",
            ("text_rows", "image_rows"), choose_fitprune, single_stage(adaptprune.LAYER)),
     Method("sparsevlm", "SparseVLM, prune only: text raters' attention at 3 stages, positions renumbered", "llm",
-           ("text_rows",), choose_sparsevlm, sparsevlm_plan, positions="renumber"),
+           ("text_rows", "embeds"), choose_sparsevlm, sparsevlm_plan, positions="renumber"),
     Method("fastervlm", "FasterVLM: top-k vision [CLS] attention, before the LLM", "pre", ("cls",),
            among_patches(pick_saliency), pre_stage(rounding="round"), positions="renumber"),
     Method("adafv", "AdaFV: self-adaptive mixture (SACMAM) of T2I similarity and [CLS] saliency, before the LLM",
-           "pre", ("cls", "embeds"), among_patches(pick_sacmam), pre_stage(), positions="renumber"),
+           "pre", ("cls", "embeds"), among_patches(pick_sacmam), pre_stage(), positions="renumber",
+           choose_knobs=("dedupe",), ordered=True),
     Method("adafv-fixed", "AdaFV fixed mixture (eq. 3): half the budget by cosine T2I, half by [CLS] saliency",
-           "pre", ("cls", "embeds"), among_patches(pick_fixed_mixture), pre_stage(), positions="renumber"),
+           "pre", ("cls", "embeds"), among_patches(pick_fixed_mixture), pre_stage(), positions="renumber",
+           choose_knobs=("dedupe",), ordered=True),
     Method("adafv-t2i", "AdaFV part: T2I similarity only (eq. 4), before the LLM", "pre", ("embeds",),
            among_patches(pick_t2i), pre_stage(), positions="renumber"),
-    Method("visionzip", "VisionZip: dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
-           "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip),
+    Method("visionzip", "VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
+           "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip,
+           ordered=True),
 ]:
     register(m)

@@ -1,6 +1,7 @@
 """`run` and `select`: pruning inside real inference, with the answer, the kept tokens, FLOPs and timings."""
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage
 from .flops import prefill_flops
 from .methods import get
-from .vision import VisionCapture, require_cls
+from .vision import VisionCapture, crop_columns, full_crop_tokens, require_cls
 
 
 @dataclass
@@ -55,16 +56,35 @@ class RunResult:
         return sum(self.flops) / sum(self.flops_unpruned)
 
 
-def _stages(vlm, batch, method, keep, knobs) -> list[Stage]:
-    """The method's stages; each sample's budget is planned on its own image-token count."""
+def _stages(vlm, batch, method, keep, knobs, crops=None) -> list[Stage]:
+    """The method's stages; each sample's budget is planned on its own image-token count (pre-LLM
+    methods: on each of its crops, `_crop_budgets`)."""
     counts = {lay.n_image_tokens for lay in batch.layouts}
     if all(keeps_everything(keep, n) for n in counts):  # keep = 1.0 is the unpruned model, for every method
         return []
+    if method.where == "pre":
+        per_crop = [_crop_budgets(vlm, method, keep, knobs, sample) for sample in crops]
+        totals = [sum(c) + len(lay.newline_columns) for c, lay in zip(per_crop, batch.layouts)]
+        return [Stage(0, lambda b: totals[b], per_crop=per_crop)]
     plans = {n: method.plan(vlm, n, keep, **knobs) for n in counts}
     layers = [layer for layer, _ in plans[min(counts)]]
     if any([layer for layer, _ in p] != layers for p in plans.values()):
         raise VTAError(f"method '{method.name}' planned different layers for different image sizes.")
-    return [Stage(layer, lambda n, i=i: plans[n][i][1]) for i, layer in enumerate(layers)]
+    n_of = [lay.n_image_tokens for lay in batch.layouts]
+    return [Stage(layer, lambda b, i=i: plans[n_of[b]][i][1]) for i, layer in enumerate(layers)]
+
+
+def _crop_budgets(vlm, method, keep, knobs, crops) -> list[int]:
+    """Tokens a pre-LLM method keeps of each crop (the authors' per-crop top-T): a ratio keeps the
+    method's rounding of keep x the crop's full token count, a count is split evenly over the crops;
+    never more than the crop has (LLaVA-NeXT's unpadding leaves tiles fewer)."""
+    full = full_crop_tokens(vlm, crops)
+    share = keep if isinstance(keep, float) else max(1, keep // len(crops))
+    out = []
+    for n, cols in zip(full, crops):
+        budget = share if isinstance(share, float) else min(share, n)
+        out.append(min(method.plan(vlm, n, budget, **knobs)[0][1], len(cols)))
+    return out
 
 
 def _grid_coords(layout, columns: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -123,24 +143,29 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         positions: "original" or "renumber" (default: the method's own convention; pre-LLM methods
             renumber, i.e. the LLM sees the shortened sequence, except on M-RoPE models (Qwen2-VL),
             whose kept tokens keep their grid positions).
-        **knobs: method options, e.g. layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer).
+        **knobs: method options (`prune.get(method).knobs`; `vtanalysis methods` lists them), e.g.
+            layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer), seed=1 (random); an option the
+            method does not have is an error.
     """
     spec = get(method)
     if "cls" in spec.needs:
         require_cls(vlm, method)
-    stages = _stages(vlm, batch, spec, keep, knobs)
+    knobs, choose_knobs = spec.split_knobs(knobs)
+    choose = functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose
+    crops = crop_columns(vlm, batch) if spec.where == "pre" else None  # host-side, before the forward pass
+    stages = _stages(vlm, batch, spec, keep, knobs, crops)
     positions = positions or spec.positions
     if spec.where == "pre" and vlm.adapter.mrope:
         positions = "original"
     capture = VisionCapture(vlm) if "cls" in spec.needs else None
-    pruner = Pruner(vlm, batch, stages, spec.choose, positions=positions, needs=spec.needs, vision=capture,
-                    pre=spec.where == "pre")
+    pruner = Pruner(vlm, batch, stages, choose, positions=positions, needs=spec.needs, vision=capture,
+                    pre=spec.where == "pre", ordered=spec.ordered, crops=crops)
     inputs = batch.to(vlm.device).model_inputs
     tok = vlm.processor.tokenizer
     timer = _Timer(pruner.lm, vlm.device)
     try:
         with ExitStack() as stack, torch.inference_mode():
-            merge = spec.prepare(vlm, batch, stages[0], capture) if spec.prepare and stages else None
+            merge = spec.prepare(vlm, batch, stages[0], capture, crops) if spec.prepare and stages else None
             for ctx in (capture, merge, pruner):
                 if ctx is not None:
                     stack.enter_context(ctx)
@@ -152,7 +177,11 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     finally:
         timer.remove()
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    result = _result(vlm, batch, method, stages, new, out.logits[0], timer.times)
+    for st in stages:  # VisionZip's [CLS] rode in these columns' slots: they are not kept patches
+        for b, extra in enumerate(getattr(merge, "stand_ins", None) or []):
+            if extra:
+                st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
+    result = _result(vlm, batch, method, stages, new, out.logits[0], timer.times, repeats=spec.ordered)
     result.kv_cache_bytes = _cache_bytes(out.past_key_values)
     return result
 
@@ -165,8 +194,8 @@ def _cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def _result(vlm, batch, method, stages, new_ids, logits, times) -> RunResult:
-    for st in stages:  # checked once here, not mid-prefill: a duplicate would have been a silent filler
+def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -> RunResult:
+    for st in stages if not repeats else []:  # checked once here, not mid-prefill: a duplicate would be a silent filler
         for cols in st.columns:
             if cols.unique().numel() != cols.numel():
                 raise RuntimeError(f"method '{method}' selected a token twice at layer {st.layer}; a chooser must "

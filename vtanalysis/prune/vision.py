@@ -49,12 +49,14 @@ class VisionCapture:
         saliency: [V, N] float32, V vision inputs (images or tiles), N patch tokens: head-mean
             softmax(q_cls . k_j * scale) over j in patches (the [CLS] column itself excluded).
         keys: [V, N, d] float32 head-mean keys of the patch tokens.
+        cls_features: [V, Dv] the [CLS] token's hidden state at the output of that layer (what the
+            projector would read for it; VisionZip feeds it to the LLM).
     """
 
     def __init__(self, vlm):
         self.vlm = vlm
         self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
-        self.saliency = self.keys = None
+        self.saliency = self.keys = self.cls_features = None
         self._columns = None
 
     def columns(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,12 +80,19 @@ class VisionCapture:
         self.saliency = probs[:, :, 1:].mean(1)
         self.keys = key[:, :, 1:].float().mean(1)
 
+    def _record_cls(self, module, args, output):
+        if self.cls_features is None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.cls_features = hidden[:, 0]
+
     def __enter__(self):
         self._ctx = tap_attention({self.attn: self._record})
         self._ctx.__enter__()
+        self._hook = encoder_layers(self.vlm)[feature_layer_index(self.vlm.config)].register_forward_hook(self._record_cls)
         return self
 
     def __exit__(self, *exc):
+        self._hook.remove()
         return self._ctx.__exit__(*exc)
 
 
@@ -122,3 +131,36 @@ def projector_rows(vlm, batch, n_patches: int, n_inputs: int) -> list[torch.Tens
     each layout column, -1 for newline columns."""
     index = torch.arange(n_inputs * n_patches, dtype=torch.float32).view(n_inputs, n_patches, 1)  # exact below 2**24
     return [torch.nan_to_num(c[:, 0], nan=-1).long() for c in to_columns(vlm, batch, index)]
+
+
+def crop_columns(vlm, batch) -> list[list[torch.Tensor]]:
+    """Per sample, per crop (a vision input: an image, or a LLaVA-NeXT base image or tile, in the
+    order the tower sees them): LongTensor of the layout columns of its patch tokens, ascending, on
+    the CPU (newline columns belong to no crop). Families without a vision [CLS] tower (Qwen2-VL)
+    have one crop per image. Built on the host from the layouts and the processor's sizes."""
+    model = vlm.model.model
+    if not vlm.adapter.has_cls or not hasattr(model, "vision_tower"):
+        return [[torch.arange(a, b)[~torch.isin(torch.arange(a, b), torch.tensor(list(lay.newline_columns), dtype=torch.long))]
+                 for a, b in lay.image_columns or [(0, lay.n_image_tokens)]] for lay in batch.layouts]
+    vc = vlm.config.vision_config
+    n_patches = (vc.image_size // vc.patch_size) ** 2
+    if hasattr(model, "pack_image_features"):
+        sizes = batch.image_sizes if batch.image_sizes is not None else batch.model_inputs["image_sizes"].tolist()  # ok-host: before the run
+        n_inputs = sum(image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vc.image_size) for s in sizes)
+    else:
+        n_inputs = sum(batch.images_per_sample or [1] * len(batch))
+    ids = torch.arange(n_inputs, dtype=torch.float32)[:, None, None].expand(n_inputs, n_patches, 1)
+    out = []
+    for c in to_columns(vlm, batch, ids):
+        crop = torch.nan_to_num(c[:, 0].cpu(), nan=-1).long()
+        out.append([(crop == v).nonzero().flatten() for v in crop[crop >= 0].unique().tolist()])  # ok-host: layout, before the run
+    return out
+
+
+def full_crop_tokens(vlm, crops: list[torch.Tensor]) -> list[int]:
+    """Tokens of each crop before any unpadding: the tower's patch count (LLaVA), or the crop's own
+    token count where crops have no fixed size (Qwen2-VL's dynamic resolution)."""
+    if vlm.adapter.has_cls and hasattr(vlm.model.model, "vision_tower"):
+        vc = vlm.config.vision_config
+        return [(vc.image_size // vc.patch_size) ** 2] * len(crops)
+    return [len(c) for c in crops]

@@ -1,17 +1,26 @@
 """VisionZip (Yang et al. 2024): dominant tokens by [CLS] attention, plus contextual tokens that
-merge the rest by key similarity. Runs before the LLM.
+merge the rest by key similarity. Runs before the LLM, on each crop (an image; on LLaVA-NeXT the
+base image and every tile) with its own budget, as the authors' code does.
 
-For a budget k = k_d + k_c (default k_c = round(k * 10 / 64): 54 + 10 of 64, 108 + 20 of 128,
-162 + 30 of 192, the authors' settings):
-  1. dominant D = the k_d tokens with the largest [CLS] attention (head-sum or head-mean rank alike);
-  2. of the remaining tokens R (ascending), k_c evenly spaced targets: R[0], R[s], R[2s], ... with
+For a crop's budget k = k_d + k_c (default k_c = round(k * 10 / 64): 54 + 10 of 64, 108 + 20 of
+128, 162 + 30 of 192, the authors' settings), following dvlab-research/VisionZip (`visionzip`):
+  1. dominant: the vision [CLS] token itself and the k_d - 1 patches with the largest [CLS]
+     attention (the authors rank by the head-sum; the head-mean ranks alike);
+  2. of the remaining patches R (ascending), k_c evenly spaced targets R[0], R[s], R[2s], ... with
      s = max(1, |R| // k_c);
-  3. every other token of R joins the target whose key is most cosine-similar;
-  4. a target's token becomes the mean of its group's features (target included).
-The authors' code also keeps [CLS] as a dominant token when the vision features include it;
-LLaVA's 'default' feature strategy drops [CLS], so here all k_d dominant tokens are patches.
+  3. every other patch of R joins the target whose (head-mean, L2-normalised) key is most similar;
+  4. a contextual token is its target's feature plus the mean of the features that joined it
+     (not the group mean), merged before the projector;
+  5. the order the LLM sees is [CLS, dominant patches in position order, contextual tokens in
+     target order], positions renumbered.
+LLaVA's 'default' feature strategy drops [CLS] before the projector, so the layout has no column
+for it: [CLS] rides in the sequence slot of one patch that is merged away (the first non-target
+of R). `ProjectorMerge` writes the projected [CLS] there and reports that column as a stand-in,
+not as a kept patch.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,94 +32,106 @@ CONTEXTUAL_SHARE = 10 / 64
 
 
 def split(keep: int, contextual: int | None = None) -> tuple[int, int]:
-    """(dominant, contextual) token counts for a budget of `keep` tokens."""
+    """(dominant, contextual) token counts for a budget of `keep` tokens; dominant counts [CLS]."""
     c = round(keep * CONTEXTUAL_SHARE) if contextual is None else contextual
     c = min(max(c, 0), keep - 1) if keep > 1 else 0
     return keep - c, c
 
 
-def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual: int | None = None):
-    """Choose dominant and contextual tokens (on the inputs' device).
+@dataclass
+class Selection:
+    """One crop's VisionZip choice, as indices into the crop's n patches (on the inputs' device).
+
+    order: [keep] the sequence the LLM sees: [slot, dominant ascending, targets]; all n when keep >= n.
+    targets: [k_c] patches whose slot carries a contextual (merged) token.
+    owner: [n] the target each merged patch joined, -1 for the rest (dominant, targets, dropped).
+    slot: 0-dim index of the patch whose slot carries [CLS], or None when the crop is kept whole.
+    """
+
+    order: torch.Tensor
+    targets: torch.Tensor
+    owner: torch.Tensor
+    slot: torch.Tensor | None
+
+
+def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual: int | None = None) -> Selection:
+    """Choose one crop's dominant and contextual tokens (steps 1-3, 5 of the module docstring).
 
     Args:
-        saliency: [N] [CLS] attention per patch token.
-        keys: [N, d] keys of the same layer (head-mean), the similarity metric.
-        keep: budget, 1 <= keep <= N.
+        saliency: [n] [CLS] attention per patch.
+        keys: [n, d] head-mean keys of the same layer, the similarity metric.
+        keep: budget, 1 <= keep; keep >= n keeps the crop whole (no [CLS], nothing merged).
         contextual: contextual token count (default round(keep * 10 / 64)).
-    Returns:
-        kept: LongTensor [keep], ascending, no duplicates (dominant tokens and targets).
-        owner: LongTensor [N]: the kept token whose merged feature includes token j (j itself for
-            dominant tokens and targets), or -1 where the token is dropped (only when contextual = 0).
     """
     n, device = saliency.numel(), saliency.device
+    owner = torch.full((n,), -1, dtype=torch.long, device=device)
+    if keep >= n:
+        return Selection(torch.arange(n, device=device), owner[:0], owner, None)
     n_dom, n_ctx = split(keep, contextual)
-    dominant = torch.topk(saliency.float(), n_dom).indices
+    n_patch_dom = n_dom - 1  # [CLS] is one of the dominant tokens
+    dominant = torch.topk(saliency.float(), n_patch_dom).indices.sort().values
     is_rest = torch.ones(n, dtype=torch.bool, device=device)
     is_rest[dominant] = False
-    n_rest = n - n_dom
-    owner = torch.full((n,), -1, dtype=torch.long, device=device)
-    owner[dominant] = dominant
-    if n_ctx == 0 or n_rest == 0:
-        return dominant.sort().values, owner
+    n_rest = n - n_patch_dom  # >= n_ctx + 2 since keep < n
     rest = true_indices(is_rest, n_rest)
+    if n_ctx == 0:
+        return Selection(torch.cat([rest[:1], dominant]), owner[:0], owner, rest[0])
     step = max(1, n_rest // n_ctx)
     targets = rest[torch.arange(0, n_rest, step, device=device)[:n_ctx]]
-    owner[targets] = targets
+    slot = rest[1 if step > 1 else n_ctx]  # a patch that is merged away, never a target
     is_rest[targets] = False
-    n_others = n_rest - targets.numel()
-    if n_others:
-        others = true_indices(is_rest, n_others)
-        sim = F.normalize(keys[others].float(), dim=-1) @ F.normalize(keys[targets].float(), dim=-1).T
-        owner[others] = targets[sim.argmax(dim=1)]
-    return torch.cat([dominant, targets]).sort().values, owner
+    others = true_indices(is_rest, n_rest - n_ctx)
+    sim = F.normalize(keys[others].float(), dim=-1) @ F.normalize(keys[targets].float(), dim=-1).T
+    owner[others] = targets[sim.argmax(dim=1)]
+    return Selection(torch.cat([slot[None], dominant, targets]), targets, owner, slot)
 
 
-def merge(features: torch.Tensor, owner: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Mean of each kept token's group: features [N, D] -> [len(kept), D] (dropped tokens ignored)."""
+def merge(features: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Step 4: features [n, D] -> [len(targets), D], target + mean of the patches that joined it."""
     device = features.device
-    owner, kept = owner.to(device), kept.to(device)
-    slot = torch.full((features.shape[0],), -1, dtype=torch.long, device=device)
-    slot[kept] = torch.arange(len(kept), device=device)
-    group = torch.where(owner >= 0, slot[owner.clamp_min(0)], -1)
-    member = (group >= 0).float()  # dropped tokens (and tokens of unlisted groups) add zero
-    group = group.clamp_min(0)
-    sums = torch.zeros(len(kept), features.shape[1], dtype=torch.float32, device=device)
-    sums.index_add_(0, group, features.float() * member[:, None])
-    counts = torch.zeros(len(kept), device=device).index_add_(0, group, member)
-    return (sums / counts[:, None]).to(features.dtype)
+    slot = torch.full((features.shape[0] + 1,), len(targets), dtype=torch.long, device=device)
+    slot[targets] = torch.arange(len(targets), device=device)
+    group = slot[owner]  # owner -1 reads the last entry: the spare row len(targets)
+    sums = torch.zeros(len(targets) + 1, features.shape[1], dtype=torch.float32, device=device)
+    sums.index_add_(0, group, features.float())
+    counts = torch.zeros(len(targets) + 1, device=device).index_add_(0, group, torch.ones_like(group, dtype=torch.float32))
+    mean = sums[:-1] / counts[:-1, None].clamp_min(1)
+    return (features[targets].float() + mean).to(features.dtype)
 
 
-def plan(saliency: torch.Tensor, keys: torch.Tensor, newline_split: tuple[torch.Tensor, torch.Tensor], keep: int, *,
-         contextual: int | None = None):
-    """`select` over one image block's layout columns, LLaVA-NeXT newline tokens kept first and
-    counted in one global budget (the authors budget per crop, newlines on top: not reproduced yet). saliency [n], keys [n, d]; newline_split =
-    (newline indices, other indices), as `engine.split_newlines` gives.
-    Returns (kept [keep], owner [n]) in column indices."""
-    newlines, patches = newline_split
-    newlines = newlines[:keep]
-    owner = torch.full((saliency.numel(),), -1, dtype=torch.long, device=saliency.device)
-    owner[newlines] = newlines
-    k = keep - len(newlines)
-    if k <= 0:
-        return newlines, owner
-    kept, sub_owner = select(saliency[patches], keys[patches], k, contextual=contextual)
-    owner[patches] = torch.where(sub_owner >= 0, patches[sub_owner.clamp_min(0)], -1)
-    return torch.cat([newlines, patches[kept]]).sort().values, owner
+def choose(inputs) -> torch.Tensor:
+    """The pre-LLM stage's sequence of image tokens: each crop's `select` order, crops in turn,
+    then the LLaVA-NeXT newline tokens (kept on top of the budget). Indices into the image tokens.
+    When no crop is reduced the tokens keep their sequence order: the unpruned input."""
+    newlines = inputs.newline_index if inputs.newline_index is not None else inputs.newline.nonzero().flatten()
+    if all(k >= len(crop) for crop, k in zip(inputs.crops, inputs.crop_keep)):
+        every = torch.cat([newlines, *inputs.crops])
+        return every[torch.argsort(inputs.positions[every])]
+    parts = [crop[select(inputs.saliency[crop], inputs.vision_keys[crop], k).order]
+             for crop, k in zip(inputs.crops, inputs.crop_keep) if k > 0]
+    return torch.cat([*parts, newlines])
 
 
 class ProjectorMerge:
-    """While active, each VisionZip target token's projector output is replaced by the projector
-    applied to the mean of its group's vision features (the authors merge before the projector).
+    """While active, the projector outputs behind each crop's contextual targets become the projected
+    merged features (step 4), and the [CLS] slot's the projected [CLS] feature.
 
     Args:
         vlm, batch: the run's model and inputs.
-        keep_of: image-token count -> budget (the pre-LLM stage's `keep`).
-        capture: the run's `vision.VisionCapture` (saliency and keys are read when the projector runs).
-        contextual: contextual token count (default: `split`).
+        stage: the pre-LLM `Stage` (its `per_crop` budgets).
+        crops: per sample, per crop, the patch columns (`vision.crop_columns`, on the CPU).
+        capture: the run's `vision.VisionCapture` (saliency, keys and [CLS] features).
+        contextual: contextual token count per crop (default: `split`).
+    Attributes (after the forward pass):
+        stand_ins: per sample, the columns whose slot carried [CLS] (not kept patches).
     """
 
-    def __init__(self, vlm, batch, keep_of, capture, contextual: int | None = None):
-        self.vlm, self.batch, self.keep_of, self.capture, self.contextual = vlm, batch, keep_of, capture, contextual
+    def __init__(self, vlm, batch, stage, crops, capture, contextual: int | None = None):
+        self.vlm, self.batch, self.stage, self.capture = vlm, batch, stage, capture
+        self.crops_cpu = crops
+        self.crops = [[c.to(vlm.device) for c in sample] for sample in crops]
+        self.contextual = contextual
+        self.stand_ins = [[] for _ in batch.layouts]
 
     def __enter__(self):
         self._handle = self.vlm.model.model.multi_modal_projector.register_forward_hook(self._merge)
@@ -125,22 +146,22 @@ class ProjectorMerge:
         n_inputs, n_patches = feats.shape[:2]
         device = output.device
         rows = projector_rows(self.vlm, self.batch, n_patches, n_inputs)  # layout info, built on the host
-        columns = self.capture.columns(self.batch)
         flat_in = feats.reshape(n_inputs * n_patches, -1)
-        # one spare row at the end takes the writes of kept tokens that are not merged
-        flat_out = torch.cat([output.reshape(n_inputs * n_patches, -1), output.new_zeros(1, output.shape[-1])])
-        spare = n_inputs * n_patches
-        for b, lay in enumerate(self.batch.layouts):
-            r = rows[b]
-            newline = r < 0
-            split_cols = (newline.nonzero().flatten().to(device), (~newline).nonzero().flatten().to(device))
-            r = r.to(device)
-            kept, owner = plan(*columns[b], split_cols, min(self.keep_of(lay.n_image_tokens), len(r)),
-                               contextual=self.contextual)
-            group_size = torch.zeros(len(r), dtype=torch.long, device=device).index_add_(
-                0, owner.clamp_min(0), (owner >= 0).long())
-            merged_here = (r[kept] >= 0) & (group_size[kept] > 1)
-            merged = merge(flat_in[r.clamp_min(0)], owner, kept)  # [len(kept), Dv]
-            projected = module.forward(merged).to(flat_out.dtype)  # module.forward: no hook recursion
-            flat_out[torch.where(merged_here, r[kept], spare)] = projected
-        return flat_out[:spare].view_as(output)
+        flat_out = output.reshape(n_inputs * n_patches, -1).clone()
+        cls = self.capture.cls_features  # [V, Dv]
+        for b, (sal, keys) in enumerate(self.capture.columns(self.batch)):
+            r = rows[b].to(device)
+            self.stand_ins[b] = []
+            first_rows = [int(rows[b][c[0]]) for c in self.crops_cpu[b]]  # CPU layout tensors: no device read
+            for crop, k, row0 in zip(self.crops[b], self.stage.per_crop[b], first_rows):
+                if k >= len(crop):
+                    continue
+                choice = select(sal[crop], keys[crop], k, contextual=self.contextual)
+                crop_rows = r[crop]
+                if len(choice.targets):
+                    merged = merge(flat_in[crop_rows], choice.owner, choice.targets)
+                    flat_out[crop_rows[choice.targets]] = module.forward(merged).to(flat_out.dtype)  # no hook recursion
+                slot = choice.slot[None]  # a 1-element index: a 0-dim one would read it back to the host
+                flat_out[crop_rows[slot]] = module.forward(cls[row0 // n_patches][None]).to(flat_out.dtype)
+                self.stand_ins[b].append(crop[slot])
+        return flat_out.view_as(output)
