@@ -79,3 +79,45 @@ def test_attention_layer_slider_changes_the_heatmap(app):
         assert not app.exception, app.exception
         captions.append([c.value for c in app.caption])
     assert captions[0] != captions[1]
+
+
+def test_two_sessions_computing_at_once_get_their_own_overlays():
+    """Issue 17: Streamlit serves each browser session from its own thread with one cached model.
+    Two sessions with different settings, run at the same time, show what each shows alone."""
+    import threading
+
+    testing = pytest.importorskip("streamlit.testing.v1")
+
+    def session(keep):
+        at = testing.AppTest.from_file(str(PAGE), default_timeout=600)
+        at.run()
+        at.slider(key="keep").set_value(keep)
+        return at
+
+    def shown(at):
+        return _kept(at), [m.value for m in at.metric if m.label == "FLOPs ratio"]
+
+    alone = {}
+    for keep in (0.1, 0.5):
+        at = session(keep).run()
+        assert not at.exception, at.exception
+        alone[keep] = shown(at)
+    assert alone[0.1] != alone[0.5]
+    sessions = {keep: session(keep) for keep in (0.1, 0.5)}
+    import streamlit as st
+
+    st.cache_data.clear()  # the results, not the model: both sessions compute again, at once
+    barrier = threading.Barrier(2)
+
+    def rerun(at):
+        barrier.wait()
+        at.run()
+
+    threads = [threading.Thread(target=rerun, args=(at,)) for at in sessions.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for keep, at in sessions.items():
+        assert not at.exception, at.exception
+        assert shown(at) == alone[keep]

@@ -22,9 +22,13 @@ import collections
 import contextlib
 import os
 import sys
+import threading
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import VTAError
+from .scoped import scoped
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
@@ -76,8 +80,16 @@ def deliberate_sync(device: torch.device):
         torch.cuda.set_sync_debug_mode(mode)
 
 
+_COUNTING_LOCK = threading.Lock()
+_COUNTING_THREAD, _COUNTING_DEPTH = None, 0  # the thread with active HostRoundTrips, and how many
+
+
 class HostRoundTrips(TorchDispatchMode):
     """Count the host round trips that vtanalysis' own code makes while active.
+
+    A measuring tool for one thread at a time: while active it patches a few `torch.Tensor`
+    methods process-wide (`item`, `tolist`, ...), so calls from other threads would count too;
+    entering one while another thread has one active is an error.
 
     Args:
         within: count only while this module's forward runs (e.g. the language model, to count a
@@ -93,7 +105,6 @@ class HostRoundTrips(TorchDispatchMode):
         self.within = within
         self._active = within is None
         self._saved = {}
-        self._handles = []
 
     def _count(self, site: str | None) -> None:
         if site is not None and self._active:
@@ -119,9 +130,17 @@ class HostRoundTrips(TorchDispatchMode):
         return method
 
     def __enter__(self):
+        global _COUNTING_THREAD, _COUNTING_DEPTH
+        with _COUNTING_LOCK:
+            me = threading.get_ident()
+            if _COUNTING_THREAD not in (None, me):
+                raise VTAError("HostRoundTrips is already counting in another thread; it patches torch.Tensor "
+                               "methods process-wide, so count in one thread at a time.")
+            _COUNTING_THREAD, _COUNTING_DEPTH = me, _COUNTING_DEPTH + 1
+        self._stack = contextlib.ExitStack()
         if self.within is not None:
-            self._handles = [self.within.register_forward_pre_hook(lambda *_: self._set_active(True)),
-                             self.within.register_forward_hook(lambda *_: self._set_active(False))]
+            self._stack.enter_context(scoped(self.within, "pre", lambda *_: self._set_active(True)))
+            self._stack.enter_context(scoped(self.within, "post", lambda *_: self._set_active(False)))
         for name in _TENSOR_METHODS:
             self._saved[name] = getattr(torch.Tensor, name)
             setattr(torch.Tensor, name, self._counting(self._saved[name]))
@@ -133,9 +152,13 @@ class HostRoundTrips(TorchDispatchMode):
         finally:
             for name, original in self._saved.items():
                 setattr(torch.Tensor, name, original)
-            for h in self._handles:
-                h.remove()
-            self._saved, self._handles = {}, []
+            self._stack.close()
+            self._saved = {}
+            global _COUNTING_THREAD, _COUNTING_DEPTH
+            with _COUNTING_LOCK:
+                _COUNTING_DEPTH -= 1
+                if _COUNTING_DEPTH == 0:
+                    _COUNTING_THREAD = None
 
 
 class DispatchCounter(TorchDispatchMode):
@@ -155,7 +178,6 @@ class DispatchCounter(TorchDispatchMode):
         self.per_layer = [0] * len(self.modules)
         self.outside = 0
         self._stack: list[int] = []
-        self._handles = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
@@ -169,15 +191,14 @@ class DispatchCounter(TorchDispatchMode):
         def leave(*_):
             self._stack.pop()  # returns None: a forward hook's return value would replace the output
 
+        self._hooks = contextlib.ExitStack()
         for i, m in enumerate(self.modules):
-            self._handles.append(m.register_forward_pre_hook(lambda *_, i=i: self._stack.append(i)))
-            self._handles.append(m.register_forward_hook(leave))
+            self._hooks.enter_context(scoped(m, "pre", lambda *_, i=i: self._stack.append(i)))
+            self._hooks.enter_context(scoped(m, "post", leave))
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            for h in self._handles:
-                h.remove()
-            self._handles = []
+            self._hooks.close()

@@ -27,6 +27,7 @@ from ..errors import VTAError
 from ..models.images import load_image
 from ..prune.adafv import t2i_scores
 from ..prune.vision import VisionCapture, require_cls
+from ..scoped import scoped
 from .mask_attention import token_fractions
 
 RULES = ("cls", "t2i-cosine", "t2i-inner", "llm-attention")
@@ -86,13 +87,9 @@ def token_scores(vlm, batch, *, rules=RULES, layer: int = 2) -> list[dict[str, t
     def grab(_module, _args, kwargs):
         grabbed["embeds"] = kwargs["inputs_embeds"].detach()
 
-    hook = vlm.adapter.language_model(vlm.model).register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with VisionCapture(vlm) as capture:
-            record = record_attention(vlm, batch, layers=[layer])
-            cls = capture.columns(batch) if "cls" in rules else None
-    finally:
-        hook.remove()
+    with scoped(vlm.adapter.language_model(vlm.model), "pre", grab), VisionCapture(vlm) as capture:
+        record = record_attention(vlm, batch, layers=[layer])
+        cls = capture.columns(batch) if "cls" in rules else None
     out = []
     for b, lay in enumerate(batch.layouts):
         x = grabbed["embeds"][b]

@@ -9,6 +9,8 @@ equal eager attention rows; the model itself keeps running its default backend (
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import VTAError
 from ..models.layout import TokenLayout
 from .rows import attention_rows, causal_blocked, pad_rows
+from ..scoped import scoped
 from .tap import tap_attention
 
 
@@ -134,16 +137,15 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
 
     decoder = vlm.decoder_layers
     callbacks = {decoder[l].self_attn: make_callback(l) for l in wanted}
-    stop = _StopAfter(decoder[wanted[-1]]) if wanted[-1] < vlm.num_layers - 1 else None
     inputs = batch.to(device).model_inputs
-    with torch.inference_mode(), tap_attention(callbacks):
+    with ExitStack() as stack, torch.inference_mode():
+        stack.enter_context(tap_attention(callbacks))
+        if wanted[-1] < vlm.num_layers - 1:  # the last wanted layer ends the pass; later layers are not needed
+            stack.enter_context(scoped(decoder[wanted[-1]], "post", _stop))
         try:
             vlm.model(**inputs, use_cache=False, logits_to_keep=1)
         except _Stop:
-            pass  # the last wanted layer has run; later layers are not needed
-        finally:
-            if stop is not None:
-                stop.remove()
+            pass
         stacked = to_host(torch.stack([per_layer[l] for l in wanted], dim=1))  # [B, L, 1 or H, R, C]
 
     samples = []
@@ -170,15 +172,6 @@ class _Stop(Exception):
     pass
 
 
-class _StopAfter:
+def _stop(*_):
     """Forward hook that ends the pass after a layer, so layers past the last recorded one never run."""
-
-    def __init__(self, layer):
-        self.handle = layer.register_forward_hook(self._raise)
-
-    @staticmethod
-    def _raise(*_):
-        raise _Stop
-
-    def remove(self):
-        self.handle.remove()
+    raise _Stop

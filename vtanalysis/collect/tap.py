@@ -3,15 +3,20 @@
 Every decoder attention module in transformers 5 calls
 `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)`
 with the post-rotary query [B, H, Lq, D], key [B, Hkv, Lk, D] (after the KV-cache update) and
-the mask the model built. `tap_attention` overrides that entry locally for the duration of a
-`with` block: for the modules it watches it first calls a callback, then the original function,
-so the attention output (SDPA by default) is exactly what the model would compute. Other modules
-(the vision tower, other models) pass straight through. Taps nest.
+the mask the model built. vtanalysis registers, once per attention implementation, a dispatcher
+in that entry; `tap_attention` adds callbacks for the modules it watches to the current
+`contextvars` context only (thread-safe: another thread's forward pass never sees them). The
+dispatcher calls the callbacks of the calling context, then the function that was registered
+before it, so the attention output (SDPA by default) is exactly what the model would compute.
+Other modules (the vision tower, other models) and calls outside any tap pass straight through.
+Taps nest; the innermost callback runs first.
 """
 from __future__ import annotations
 
 import sys
+import threading
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable
 
 from torch import nn
@@ -29,33 +34,47 @@ def _eager_of(module: nn.Module) -> Callable:
     return fn
 
 
+_TAPS: ContextVar[dict] = ContextVar("vtanalysis_attention_taps", default={})  # module -> callbacks
+_INSTALL = threading.Lock()
+
+
+def _registered(impl: str):
+    return ALL_ATTENTION_FUNCTIONS._local_mapping.get(impl) or ALL_ATTENTION_FUNCTIONS._global_mapping.get(impl)
+
+
+def install_dispatcher(impl: str) -> None:
+    """Register the tap dispatcher for attention implementation `impl` (idempotent: once per
+    implementation, again only if something else has replaced it since)."""
+    if getattr(_registered(impl), "vtanalysis_dispatcher", False):
+        return
+    with _INSTALL:
+        previous = _registered(impl)
+        if getattr(previous, "vtanalysis_dispatcher", False):
+            return
+
+        def dispatcher(module, query, key, value, attention_mask, *args, **kwargs):
+            for callback in reversed(_TAPS.get().get(module, ())):
+                callback(module, query, key, attention_mask, kwargs.get("scaling", getattr(module, "scaling", None)))
+            fn = previous if previous is not None else _eager_of(module)
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+        dispatcher.vtanalysis_dispatcher = True
+        ALL_ATTENTION_FUNCTIONS[impl] = dispatcher
+
+
 @contextmanager
 def tap_attention(callbacks: dict[nn.Module, TapCallback]):
-    """Call `callbacks[module](module, query, key, attention_mask, scaling)` before each watched attention.
+    """Call `callbacks[module](module, query, key, attention_mask, scaling)` before each watched
+    attention, for forward passes in the calling context (thread) only.
 
     Args:
         callbacks: attention modules (e.g. `layer.self_attn` of decoder layers) -> callback.
     """
-    by_id = {id(m): cb for m, cb in callbacks.items()}
-    impls = {m.config._attn_implementation for m in callbacks}
-    saved = {}
-    for impl in impls:
-        saved[impl] = ALL_ATTENTION_FUNCTIONS._local_mapping.get(impl)
-        previous = saved[impl] or ALL_ATTENTION_FUNCTIONS._global_mapping.get(impl)
-
-        def wrapper(module, query, key, value, attention_mask, *args, _previous=previous, **kwargs):
-            callback = by_id.get(id(module))
-            if callback is not None:
-                callback(module, query, key, attention_mask, kwargs.get("scaling", getattr(module, "scaling", None)))
-            fn = _previous if _previous is not None else _eager_of(module)
-            return fn(module, query, key, value, attention_mask, *args, **kwargs)
-
-        ALL_ATTENTION_FUNCTIONS[impl] = wrapper
+    for impl in {m.config._attn_implementation for m in callbacks}:
+        install_dispatcher(impl)
+    current = _TAPS.get()
+    token = _TAPS.set({**current, **{m: current.get(m, ()) + (cb,) for m, cb in callbacks.items()}})
     try:
         yield
     finally:
-        for impl, old in saved.items():
-            if old is None:
-                del ALL_ATTENTION_FUNCTIONS[impl]
-            else:
-                ALL_ATTENTION_FUNCTIONS[impl] = old
+        _TAPS.reset(token)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, PromptError, UnsupportedModelError
+from ..scoped import scoped
 from .adapter import Adapter
 from .images import load_image
 from .layout import TokenLayout
@@ -98,14 +99,11 @@ class VLM:
             seen.update(kwargs)
             raise Stop
 
-        handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            with torch.inference_mode():
+            with scoped(lm, "pre", grab), torch.inference_mode():
                 self.model(**batch.model_inputs)
         except Stop:
             pass
-        finally:
-            handle.remove()
         embeds, pos = seen["inputs_embeds"], seen.get("position_ids")
         if pos is None:
             pos = torch.arange(embeds.shape[1], device=embeds.device)[None]

@@ -7,7 +7,8 @@ the hidden states entering layer K_s. The selection is made once, at prefill; de
 (with or without the KV cache) see the same kept set, as in the official FastV code.
 
 How it attaches: the `forward` of every decoder layer from K_1 on is wrapped for the duration of
-a `with Pruner(...)` block. The wrapper (1) at K_s gathers the hidden states to the kept tokens,
+a `with Pruner(...)` block, in the calling context only (`vtanalysis.scoped`: threads sharing the
+model each see their own run, or none). The wrapper (1) at K_s gathers the hidden states to the kept tokens,
 (2) passes its own attention mask, built once per stage (causal by original order, padding and
 filler tokens masked; None when there is neither padding nor fillers and the backend is SDPA or
 flash, so their causal kernels run), and (3) passes rotary embeddings for either the ORIGINAL positions of the kept
@@ -25,6 +26,7 @@ ones are padded with dropped tokens that every query masks out ("fillers").
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +34,7 @@ import torch
 from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
 from ..errors import VTAError
+from ..scoped import scoped
 
 
 @dataclass
@@ -199,40 +202,32 @@ class Pruner:
         self._rows = {}
         self._text_idx = {}
         self._per_call = {}  # (stage, purpose) -> tensors reused by every layer of a stage in one call
-        self._orig = {}
-        self._input_embeds = None  # per sample (text [T, D], image [N, D]) entering layer 0, for "embeds"
+        self._input_embeds = None  # [B, L, D] the embeddings entering layer 0, for "embeds" at in-LLM stages
 
     # -- context --------------------------------------------------------------------------------
     def __enter__(self):
+        # every attachment is scoped to the calling context: other threads' passes never see it
+        self._stack = ExitStack()
         first = self.stages[0].layer if self.stages else len(self.layers)
         for l in range(first, len(self.layers)):
-            self._orig[l] = self.layers[l].forward
-            self.layers[l].forward = self._wrap(l, self._orig[l])
-        self._hook = self.lm.register_forward_pre_hook(self._on_call, with_kwargs=True)
-        self._embeds_hook = None
+            self._stack.enter_context(scoped(self.layers[l], "around", self._wrap(l)))
+        self._stack.enter_context(scoped(self.lm, "pre", self._on_call))
         if "embeds" in self.needs and self.stages and self.stages[0].layer > 0:
-            self._embeds_hook = self.layers[0].register_forward_pre_hook(self._on_input_embeds, with_kwargs=True)
+            self._stack.enter_context(scoped(self.layers[0], "pre", self._on_input_embeds))
         own = "own_rows" in self.needs  # scores from layer K's own q/k instead (PyramidDrop)
-        self._tap_ctx = tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
-                                       for i, st in enumerate(self.stages) if st.layer > 0 and not own})
-        self._tap_ctx.__enter__()
+        self._stack.enter_context(tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
+                                                 for i, st in enumerate(self.stages) if st.layer > 0 and not own}))
         return self
 
     def __exit__(self, *exc):
-        self._tap_ctx.__exit__(*exc)
-        for l, fwd in self._orig.items():
-            self.layers[l].forward = fwd
-        self._hook.remove()
-        if self._embeds_hook is not None:
-            self._embeds_hook.remove()
+        self._stack.close()
         return False
 
     def _on_input_embeds(self, module, args, kwargs):
-        """Keep the text and image input embeddings of every sample (prefill, once)."""
+        """Keep the embeddings entering layer 0 (prefill, once; a reference: the gathers run at the
+        stage, so layer 0 dispatches what the unpruned layer does)."""
         if self._input_embeds is None and not self.decoding:
-            h = args[0] if args else kwargs["hidden_states"]
-            self._input_embeds = [(h[b, t].float(), h[b, i].float())
-                                  for b, (t, i) in enumerate(zip(self.text_pos, self.image_pos))]
+            self._input_embeds = args[0] if args else kwargs["hidden_states"]
 
     def _on_call(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
@@ -289,8 +284,9 @@ class Pruner:
         return self._text_idx[s]
 
     # -- the wrapped decoder layer ---------------------------------------------------------------
-    def _wrap(self, l: int, forward):
-        def wrapped(hidden_states, *args, attention_mask=None, position_ids=None, position_embeddings=None, **kwargs):
+    def _wrap(self, l: int):
+        def wrapped(forward, hidden_states, *args, attention_mask=None, position_ids=None, position_embeddings=None,
+                    **kwargs):
             s = self.stage_of[l]
             stage = self.stages[s]
             if l == stage.layer and not self.decoding:
@@ -435,7 +431,8 @@ class Pruner:
         if "image_rows" in self.needs:
             inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img]
         if "embeds" in self.needs:
-            inputs.text_embeds, inputs.image_embeds = self._input_embeds[b]
+            h = self._input_embeds[b]
+            inputs.text_embeds, inputs.image_embeds = h[self.text_pos[b]].float(), h[self.image_pos[b]].float()
         if "keys" in self.needs:
             with torch.no_grad():
                 inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float()

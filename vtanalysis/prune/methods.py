@@ -368,12 +368,15 @@ def among_patches(pick):
 
 def _t2i(inputs, patches, cosine=False):
     """T2I scores of `patches`, normalised over all the sample's patches (newlines excluded), as the
-    authors' softmax runs over every image token of the sample."""
-    _, every = split_newlines(inputs)
-    score = adafv.cosine_scores if cosine else adafv.t2i_scores
-    full = torch.full((len(inputs.columns),), float("-inf"), device=inputs.columns.device)
-    full[every] = score(inputs.text_embeds, inputs.image_embeds[every])
-    return full[patches]
+    authors' softmax runs over every image token of the sample; computed once per sample and stage."""
+    name = "_cosine_scores" if cosine else "_t2i_scores"
+    if getattr(inputs, name, None) is None:
+        _, every = split_newlines(inputs)
+        score = adafv.cosine_scores if cosine else adafv.t2i_scores
+        full = torch.full((len(inputs.columns),), float("-inf"), device=inputs.columns.device)
+        full[every] = score(inputs.text_embeds, inputs.image_embeds[every])
+        setattr(inputs, name, full)
+    return getattr(inputs, name)[patches]
 
 
 def pick_saliency(inputs, patches, k):

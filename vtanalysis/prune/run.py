@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import VTAError
+from ..scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage
 from .flops import prefill_flops
@@ -108,8 +109,9 @@ class _Timer:
     def __init__(self, module, device):
         self.cuda = device.type == "cuda"
         self.marks = []
-        self.pre = module.register_forward_pre_hook(lambda *_: self.marks.append([self._now(), None]))
-        self.post = module.register_forward_hook(lambda *_: self.marks[-1].__setitem__(1, self._now()))
+        self._stack = ExitStack()  # scoped to this thread's run (`vtanalysis.scoped`)
+        self._stack.enter_context(scoped(module, "pre", lambda *_: self.marks.append([self._now(), None])))
+        self._stack.enter_context(scoped(module, "post", lambda *_: self.marks[-1].__setitem__(1, self._now())))
 
     def _now(self):
         if self.cuda:
@@ -126,8 +128,7 @@ class _Timer:
         return [b - a for a, b in self.marks if b is not None]
 
     def remove(self):
-        self.pre.remove()
-        self.post.remove()
+        self._stack.close()
 
 
 def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_tokens: int = 8,

@@ -10,10 +10,13 @@ model exactly; newline columns get NaN.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..collect.tap import tap_attention
+from ..scoped import scoped
 from ..errors import UnsupportedModelError
 
 
@@ -86,14 +89,15 @@ class VisionCapture:
             self.cls_features = hidden[:, 0]
 
     def __enter__(self):
-        self._ctx = tap_attention({self.attn: self._record})
-        self._ctx.__enter__()
-        self._hook = encoder_layers(self.vlm)[feature_layer_index(self.vlm.config)].register_forward_hook(self._record_cls)
+        self._stack = ExitStack()
+        self._stack.enter_context(tap_attention({self.attn: self._record}))
+        self._stack.enter_context(scoped(encoder_layers(self.vlm)[feature_layer_index(self.vlm.config)], "post",
+                                         self._record_cls))
         return self
 
     def __exit__(self, *exc):
-        self._hook.remove()
-        return self._ctx.__exit__(*exc)
+        self._stack.close()
+        return False
 
 
 def to_columns(vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:

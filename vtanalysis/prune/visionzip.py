@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..scoped import scoped
 from .indices import true_indices
 from .vision import projector_rows
 
@@ -134,12 +135,12 @@ class ProjectorMerge:
         self.stand_ins = [[] for _ in batch.layouts]
 
     def __enter__(self):
-        self._handle = self.vlm.model.model.multi_modal_projector.register_forward_hook(self._merge)
+        self._ctx = scoped(self.vlm.model.model.multi_modal_projector, "post", self._merge)
+        self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._handle.remove()
-        return False
+        return self._ctx.__exit__(*exc)
 
     def _merge(self, module, args, output):
         feats = args[0]  # [V, N, Dv]
