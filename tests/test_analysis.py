@@ -186,3 +186,22 @@ def test_score_against_masks_counts_skips(demo_untrained, tmp_path):
     with pytest.raises(VTAError, match="unknown scoring rule"):
         saliency.token_scores(demo_untrained, demo_untrained.prepare([np.zeros((96, 96, 3), np.uint8)], ["x"]),
                               rules=["bogus"])
+
+
+def test_roc_auc_and_noise_level_equal_their_definitions():
+    """AdaFV Fig. 2's AUC is P(relevant > irrelevant) with ties 1/2 (scipy ranks now; the pairwise
+    count is the definition), and the inflection detector's noise sd is the normal-scaled MAD of
+    second differences over sqrt(6)."""
+    import numpy as np
+
+    from vtanalysis.analysis import inflection
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 6, (80,), generator=g).double()  # many ties
+    labels = torch.rand(80, generator=g) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean()
+    assert saliency.roc_auc(scores, labels) == pytest.approx(float(pairwise), abs=1e-12)
+    y = np.cumsum(np.random.default_rng(0).normal(size=40))
+    d2 = np.diff(y, 2)
+    assert inflection.noise_level(y) == pytest.approx(1.482602218505602 * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))

@@ -57,3 +57,25 @@ def test_heads_argument_is_checked(llava, images):
     batch = llava.prepare([images[0]], ["what ?"])
     with pytest.raises(vta.VTAError, match="heads must be"):
         vta.record_attention(llava, batch, heads="max")
+
+
+def test_images_are_loaded_upright_from_their_exif_orientation(tmp_path):
+    """Issue 20: a phone photo tagged 'rotate 90' reached the model sideways. EXIF orientation 6
+    means the stored pixels must be turned 90 degrees clockwise to be seen upright."""
+    import numpy as np
+    from PIL import Image
+
+    from vtanalysis.inspection import decode_upload
+    from vtanalysis.models.images import load_image
+
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :10] = 255  # a white band on the left of the stored (landscape) pixels
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif, quality=95)
+    for loaded in (load_image(path), load_image(Image.open(path)), decode_upload(path.read_bytes(), "phone.jpg")):
+        arr = np.asarray(loaded)
+        assert arr.shape[:2] == (40, 20)  # portrait once upright
+        assert arr[:10].mean() > 200 and arr[-10:].mean() < 50  # the band is now on top

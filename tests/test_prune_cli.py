@@ -24,7 +24,7 @@ def test_cli_prune_prints_answer_counts_and_saves_overlay(tmp_path):
     result = CliRunner().invoke(app, ["prune", "--image", str(IMAGE), "--question", "what color is the cat ?",
                                       "--method", "fastv", "--keep", "16", "--layer", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "stage at layer 1: kept 16 of 64 image tokens" in result.output
+    assert "stage at layer 1: kept 16 of 144 image tokens" in result.output  # the default model: the demo
     assert "FLOPs ratio" in result.output and "answer (unpruned)" in result.output
     assert out.stat().st_size > 20_000
 

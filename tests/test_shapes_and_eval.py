@@ -88,10 +88,13 @@ def test_dataset_folder_round_trips(tmp_path):
 def test_score_on_a_hand_made_mini_set(tmp_path):
     mini = [Sample("a", tmp_path, "q", "red", "color"), Sample("b", tmp_path, "q", "Blue", "color"),
             Sample("c", tmp_path, "q", "yes", "exist"), Sample("d", tmp_path, "q", "two", "count")]
-    out = score(["red", "blue.", "no", "Two apples"], mini)
+    out = score(["red", "The blue.", "no", "2"], mini)
     assert out["per_type"] == {"color": 1.0, "count": 1.0, "exist": 0.0}
     assert out["accuracy"] == 0.75 and out["counts"] == {"color": 2, "count": 1, "exist": 1}
-    assert normalise("  Yes, it is.") == "yes"
+    # answers are compared whole after the VQA normalisation (the first word alone accepted these)
+    assert score(["red square", "Two apples", "yes", "two"], mini)["accuracy"] == 0.5
+    assert normalise("  Yes, it is.") == "yes it is" and normalise("Black-and-white!") == "black and white"
+    assert normalise("An apple.") == "apple" and normalise("1.5") == "1.5" and normalise("Three") == "3"
     with pytest.raises(ValueError, match="2 predictions for 4 samples"):
         score(["a", "b"], mini)
 

@@ -21,9 +21,19 @@ def _parse_layers(text: str):
         raise typer.BadParameter(f"--layers takes 'all' or comma-separated integers like '0,2,-1', not {text!r}.")
 
 
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        print(f"vtanalysis {version('vtanalysis')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(plugin: list[str] = typer.Option(None, help="Import this module first, so the pruning methods it "
-                                          "registers are usable by name (repeatable; see also VTA_PLUGINS).")):
+                                          "registers are usable by name (repeatable; see also VTA_PLUGINS)."),
+         show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit.")):
     """vtanalysis command line."""
     import os
 
@@ -65,13 +75,14 @@ def _parse_knobs(items: list[str] | None) -> dict:
 
 @app.command()
 def collect(
-    model: str = typer.Option("tiny-llava", help="Hugging Face id, local folder, or a bundled name (tiny-llava, "
+    model: str = typer.Option("demo", help="Hugging Face id, local folder, or a bundled name (demo, tiny-llava, "
                               "tiny-llava-next, tiny-qwen2-vl)."),
-    data: Path = typer.Option(Path("data/sample"), help="Dataset folder: images + questions.jsonl."),
+    data: Path = typer.Option(None, help="Dataset folder: images + questions.jsonl. Default for the demo model: "
+                              "its held-out scenes, written to OUT/data."),
     out: Path = typer.Option(..., help="Output folder; rerun with the same folder to resume."),
-    batch_size: int = typer.Option(4, help="Samples per forward pass."),
+    batch_size: int = typer.Option(4, min=1, help="Samples per forward pass."),
     layers: str = typer.Option("all", help="'all' or comma-separated decoder-layer indices."),
-    limit: int = typer.Option(None, help="Use only the first N samples."),
+    limit: int = typer.Option(None, min=1, help="Use only the first N samples."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     save_records: bool = typer.Option(False, help="Also keep every batch's full attention record."),
 ):
@@ -81,7 +92,9 @@ def collect(
     from .models import load_vlm
 
     try:
+        _check_folder(out)
         vlm = load_vlm(model, device=device)
+        data = data or _demo_heldout(model, out / "data", limit or 64)
         summary = collect_dataset(vlm, data, out, batch_size=batch_size, layers=_parse_layers(layers), limit=limit,
                                   save_records=save_records)
     except VTAError as err:
@@ -103,13 +116,13 @@ def _parse_keep(text: str):
 def prune_cmd(
     image: Path = typer.Option(..., help="Image file."),
     question: str = typer.Option(..., help="Question about the image."),
-    model: str = typer.Option("tiny-llava", help="Hugging Face id, local folder or bundled name."),
+    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
     method: str = typer.Option("fastv", help="Pruning method (see `vtanalysis methods`)."),
     keep: str = typer.Option("0.25", help="Ratio in (0, 1] or a token count."),
     layer: int = typer.Option(None, help="Pruning layer K for single-stage methods (method default if unset)."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. seed=1 (repeatable; "
                                    "`vtanalysis methods` lists each method's)."),
-    max_new_tokens: int = typer.Option(16, help="Answer length limit."),
+    max_new_tokens: int = typer.Option(16, min=1, help="Answer length limit."),
     out: Path = typer.Option(Path("overlay.png"), help="Where to save the retained-token overlay."),
     device: str = typer.Option("cpu", help="torch device."),
 ):
@@ -157,6 +170,8 @@ def methods_cmd():
 @app.command("app")
 def app_cmd(
     port: int = typer.Option(8501, help="Port of the local web server."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface; the app "
+                             "loads models and accepts uploads, so only on a network you trust)."),
     headless: bool = typer.Option(True, help="Do not open a browser window."),
 ):
     """Start the token-inspection Streamlit app (apps/inspect_tokens.py of a source checkout)."""
@@ -171,12 +186,17 @@ def app_cmd(
                       "(pip install -e '.[app]' from a clone).")
         raise typer.Exit(2)
     raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(page), "--server.port", str(port),
-                                      "--server.headless", str(headless).lower(),
+                                      "--server.headless", str(headless).lower(), "--server.address", host,
+                                      "--browser.gatherUsageStats", "false",
                                       "--server.maxUploadSize", str(MAX_UPLOAD_MB)]))
 
 
-if __name__ == "__main__":
-    app()
+
+def _check_folder(out: Path) -> None:
+    from .errors import VTAError
+
+    if out.exists() and not out.is_dir():
+        raise VTAError(f"--out '{out}' is a file; pass a folder (it is created if missing).")
 
 
 def _demo_heldout(model: str | None, folder: Path, samples: int) -> Path:
@@ -204,8 +224,8 @@ def figures_cmd(
     out: Path = typer.Option(Path("figures"), help="Output folder (PNG, PDF and the numbers as CSV/JSON)."),
     only: list[str] = typer.Option(None, help="Make only this figure (repeatable): positional_bias, inflection, "
                                    "saliency_auc, t2i_similarity, coverage, overlays, accuracy_vs_keep."),
-    samples: int = typer.Option(200, help="Samples per analysis (positional bias: split over the tasks)."),
-    batch_size: int = typer.Option(8, help="Samples per forward pass."),
+    samples: int = typer.Option(200, min=1, help="Samples per analysis (positional bias: split over the tasks)."),
+    batch_size: int = typer.Option(8, min=1, help="Samples per forward pass."),
     device: str = typer.Option("cpu", help="torch device."),
 ):
     """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections)."""
@@ -214,6 +234,7 @@ def figures_cmd(
     from .models import load_vlm
 
     try:
+        _check_folder(out)
         vlm = load_vlm(model, device=device)
         data = data or _demo_heldout(None, out / "cache" / "data", samples)
         made = make_figures(vlm, data, out, only=only, samples=samples, batch_size=batch_size)
@@ -229,10 +250,10 @@ def eval_cmd(
     model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
     data: Path = typer.Option(None, help="Dataset folder (images + questions.jsonl with answers). Default for "
                               "the demo model: its held-out split of generated scenes."),
-    samples: int = typer.Option(500, help="Evaluate the first N samples."),
+    samples: int = typer.Option(500, min=1, help="Evaluate the first N samples."),
     method: str = typer.Option("none", help="Pruning method (see `vtanalysis methods`)."),
     keep: str = typer.Option("1.0", help="Ratio in (0, 1] or a token count."),
-    batch_size: int = typer.Option(16, help="Samples per batch."),
+    batch_size: int = typer.Option(16, min=1, help="Samples per batch."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. layer=3 or seed=1 "
                                    "(repeatable; `vtanalysis methods` lists each method's)."),
     device: str = typer.Option("cpu", help="torch device."),
@@ -249,10 +270,11 @@ def eval_cmd(
 
     try:
         vlm = load_vlm(model, device=device)
-        data = data or _demo_heldout(model, Path(tempfile.mkdtemp(prefix="vta-heldout-")), samples)
-        rows = read_samples(data)[:samples]
-        result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
-                          progress=not json_out, **_parse_knobs(knob))
+        with tempfile.TemporaryDirectory(prefix="vta-heldout-") as scratch:  # removed afterwards
+            data = data or _demo_heldout(model, Path(scratch), samples)
+            rows = read_samples(data)[:samples]
+            result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
+                              progress=not json_out, **_parse_knobs(knob))
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
@@ -271,13 +293,13 @@ def eval_cmd(
 @app.command("train-demo")
 def train_demo_cmd(
     out: Path = typer.Option(Path("runs/demo-train"), help="Checkpoint folder (training resumes from it)."),
-    steps: int = typer.Option(4000, help="Stage-1 steps (whole model on conversations)."),
-    vision_steps: int = typer.Option(1000, help="Stage-0 steps (vision tower and projector on per-patch shape, colour, size, position)."),
-    batch_size: int = typer.Option(32, help="Conversations per stage-1 step (stage 0 uses twice as many scenes)."),
+    steps: int = typer.Option(4000, min=0, help="Stage-1 steps (whole model on conversations)."),
+    vision_steps: int = typer.Option(1000, min=0, help="Stage-0 steps (vision tower and projector on per-patch shape, colour, size, position)."),
+    batch_size: int = typer.Option(32, min=1, help="Conversations per stage-1 step (stage 0 uses twice as many scenes)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule, 300 warm-up steps)."),
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
-    save_to: Path = typer.Option(None, help="Where to save the trained model (default: the package's "
-                                 "demo_weights folder, which load_vlm('demo') reads)."),
+    save_to: Path = typer.Option(None, help="Where to save the trained model (default: OUT/model; load it with "
+                                 "--model OUT/model. The package's own demo weights are never overwritten)."),
 ):
     """Train the demo LLaVA on generated scenes (recipe in `vtanalysis.train_demo`); saves it in HF format."""
     import json
@@ -285,8 +307,12 @@ def train_demo_cmd(
     from . import train_demo
     from .models import demo
 
+    target = Path(save_to or out / "model")
+    if target.resolve() == Path(demo.WEIGHTS).resolve():
+        console.print("[red]error:[/red] --save-to names the package's shipped demo weights; save elsewhere and "
+                      "load with --model FOLDER (the shipped demo stays as released).")
+        raise typer.Exit(2)
     result = train_demo.train(out, steps=steps, vision_steps=vision_steps, batch_size=batch_size, lr=lr, seed=seed)
-    target = save_to or demo.WEIGHTS
     result["vlm"].model.save_pretrained(target)
     result["vlm"].processor.save_pretrained(target)
     (Path(target) / "training.json").write_text(json.dumps(
@@ -294,3 +320,7 @@ def train_demo_cmd(
          "history": result["history"]}, indent=1))
     train_demo.report(result["vlm"], target)
     print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")
+
+
+if __name__ == "__main__":
+    app()

@@ -5,21 +5,50 @@ same path), so accuracy, the prefill-FLOPs ratio and the timings are measured li
 """
 from __future__ import annotations
 
-import string
+import re
 from collections import defaultdict
 
 from .data.dataset import Sample
+from .errors import VTAError
 from .models.images import load_image
 
 
+# The standard VQA answer normalisation (VQA v2 evaluation: processPunctuation, processDigitArticle)
+_PUNCT = set(";/[]\"{}()=+\\_-><@`,?!*#%^&$:~|")
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
+                 "wont": "won't", "didnt": "didn't", "wasnt": "wasn't", "werent": "weren't", "im": "i'm",
+                 "ive": "i've", "thats": "that's", "whats": "what's", "youre": "you're", "theyre": "they're"}
+
+
 def normalise(text: str) -> str:
-    """Lower case, first word, punctuation stripped: 'Red.' -> 'red'."""
-    words = text.lower().translate(str.maketrans("", "", string.punctuation)).split()
-    return words[0] if words else ""
+    """The VQA answer normalisation: lower case; periods dropped except inside numbers ('1.5');
+    other punctuation removed where it touches a space or the ends, else replaced by a space
+    ('black-and-white' -> 'black and white'); number words to digits ('two' -> '2'); articles
+    (a, an, the) dropped; common contractions restored. 'The Red.' -> 'red', 'Two apples' -> '2 apples'.
+    Answers are then compared whole."""
+    text = text.lower().replace("\n", " ").replace("\t", " ").strip()
+    text = re.sub(r"(?<!\d)\.(?!\d)", "", text)  # a period that is not a decimal point
+    out = []
+    for i, ch in enumerate(text):
+        if ch in _PUNCT:
+            touches = i == 0 or i == len(text) - 1 or text[i - 1] == " " or text[i + 1] == " "
+            out.append("" if touches else " ")
+        else:
+            out.append(ch)
+    words = []
+    for word in "".join(out).split():
+        word = _NUMBERS.get(word, word)
+        if word not in _ARTICLES:
+            words.append(_CONTRACTIONS.get(word, word))
+    return " ".join(words)
 
 
 def score(predictions: list[str], samples: list[Sample]) -> dict:
-    """Exact match of `normalise(prediction)` and `normalise(answer)`.
+    """Exact match of the whole `normalise(prediction)` and `normalise(answer)` ('red square' is not
+    'red circle').
 
     Returns {"accuracy": float, "per_type": {type: float}, "counts": {type: n}}; samples without an
     answer are an error (nothing to score against).
@@ -52,6 +81,8 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
 
     from . import prune
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VTAError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     seeded = "seed" in prune.get(method).knobs
     predictions, flops, full, prefill, decode = [], 0, 0, 0.0, 0.0
     for i in tqdm(range(0, len(samples), batch_size), desc=f"eval {method} keep {keep:g}", disable=not progress):

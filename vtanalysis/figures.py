@@ -29,6 +29,7 @@ import torch
 
 from .data.dataset import Sample, read_samples
 from .errors import VTAError
+from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep")
@@ -48,21 +49,18 @@ def save(fig, out: Path, name: str) -> list[Path]:
 
 
 def write_json(path: Path, obj) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=float)))
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    return atomic_write(path, write)
 
 
 def cached(cache: Path, name: str, params: dict, compute):
@@ -85,7 +83,9 @@ class Context:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.samples: list[Sample] = read_samples(data)[:samples]
         self.types = sorted({s.type for s in self.samples if s.type})
-        self.key = {"model": vlm.name, "data": str(data), "samples": samples}
+        # a cached result is reused only for the same weights, data files, sample count and code
+        self.key = {"model": vlm.name, "weights": model_fingerprint(vlm.model), "data": data_fingerprint(data),
+                    "samples": samples, "code": code_fingerprint()}
 
     def with_masks(self) -> tuple[list[Sample], list[np.ndarray]]:
         """Samples and their object masks: ground truth where the data has it (`extra.objects` +
@@ -372,6 +372,8 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
     if samples < 1:
         raise VTAError(f"--samples must be >= 1, got {samples}.")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VTAError(f"out '{out}' is a file; pass a folder (it is created if missing).")
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(vlm, Path(data), out, samples, batch_size, progress)
     made = {}

@@ -6,6 +6,7 @@ PNG bytes that the page shows (and caches).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from . import prune
 from .collect import record_attention
 from .errors import ImageError
+from .models.images import load_image, too_large, upright
 from .prune.adaptinfer import text_prior
 from .viz.overlay import overlay_figure
 
@@ -37,10 +39,12 @@ def decode_upload(data: bytes, name: str = "upload") -> Image.Image:
                 raise ImageError(f"'{name}' is {w} x {h} = {w * h / 1e6:.0f} megapixels; the limit is "
                                  f"{MAX_PIXELS / 1e6:.0f}. Downscale it (the model sees a few hundred pixels a side).")
             im.load()
-            return im.convert("RGB")
+            return upright(im)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise too_large(name, err) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"'{name}' is not a readable image ({type(err).__name__}: the file's bytes are not a "
                          "known image format). Upload a PNG, JPEG, BMP or WebP file.") from err
 
@@ -54,12 +58,10 @@ def sample_images() -> dict[str, tuple[Image.Image, str]]:
         sc = shapes.scene(seed)
         q = shapes.questions(sc, seed)[0]
         out[f"demo scene {seed}"] = (Image.fromarray(sc.image), q.question)
-    try:
-        from skimage import data
-    except ImportError:
-        return out
+    photos = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"  # a source checkout's photos
     for name in ("astronaut", "chelsea", "coffee"):
-        out[f"scikit-image {name}"] = (Image.fromarray(getattr(data, name)()), "what is in the image ?")
+        if (photos / f"{name}.jpg").is_file():
+            out[f"photo {name}"] = (load_image(photos / f"{name}.jpg"), "what is in the image ?")
     return out
 
 

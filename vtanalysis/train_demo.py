@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import shapes
+from .files import atomic_write
 from .models import demo
 
 TRAIN_SEED0 = 1_000_000  # training scenes are seeds >= this; held-out scenes are below
@@ -259,10 +260,9 @@ def train(out: str | Path = "runs/demo-train", *, steps: int = 4000, vision_step
             stage = 0 if done <= vision_steps else 1
             log(f"stage {stage} step {done}/{total} loss {running:.3f} {(time.perf_counter() - t0) / 60:.1f} min")
         if done % save_every == 0 or done == total:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(), "step": done,
-                        "history": history, "elapsed": time.perf_counter() - t0}, tmp)
-            tmp.replace(ckpt)
+            state = {"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(), "step": done,
+                     "history": history, "elapsed": time.perf_counter() - t0}
+            atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
     model.eval()
     return {"history": history, "minutes": (time.perf_counter() - t0) / 60, "vlm": vlm}
 

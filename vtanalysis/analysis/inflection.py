@@ -74,8 +74,10 @@ def _best_split(cost: np.ndarray, n: int, k: int, min_size: int) -> tuple[float,
 def noise_level(y: np.ndarray) -> float:
     """Robust noise sd of a curve: MAD of its second differences (var = 6 sigma^2 for white noise),
     floored at 1e-6 of the curve's scale so that noise-free curves stay well defined."""
+    from scipy.stats import median_abs_deviation
+
     d2 = np.diff(y, 2)
-    mad = 1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) if len(d2) else 0.0
+    mad = float(median_abs_deviation(d2, scale="normal")) if len(d2) else 0.0
     return max(mad / math.sqrt(6), 1e-6 * (float(np.abs(y).max()) + 1e-12))
 
 

@@ -41,16 +41,14 @@ def relevant_tokens(vlm, layout, mask: np.ndarray, threshold: float = 0.5) -> to
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """ROC AUC = P(score of a relevant token > score of an irrelevant one), ties counting 1/2
     (the Mann-Whitney U statistic from average ranks). NaN when either class is empty."""
-    scores, labels = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.bool)
+    from scipy.stats import rankdata
+
+    scores = torch.as_tensor(scores, dtype=torch.float64).cpu().numpy()
+    labels = torch.as_tensor(labels, dtype=torch.bool).cpu().numpy()
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores[order][:-1][scores[order][1:] == scores[order][:-1]].unique():  # average tied ranks
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
+    ranks = rankdata(scores)  # ties get their average rank
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Sample, read_samples
 from ..errors import VTAError
-from .record import SampleAttention, atomic_write, record_attention
+from ..files import atomic_write
+from .record import SampleAttention, record_attention
 
 STATE = "state.safetensors"
 SAMPLES = "samples.jsonl"
@@ -137,7 +138,11 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
     """
     if batch_size < 1:
         raise VTAError(f"batch_size must be >= 1, got {batch_size}.")
+    if limit is not None and limit < 1:
+        raise VTAError(f"limit must be >= 1 (or None for every sample), got {limit}.")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VTAError(f"--out '{out}' is a file; pass a folder (it is created if missing).")
     out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(data)
     if types is not None:
@@ -146,7 +151,7 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
             raise VTAError(f"no sample of type {list(types)} in '{data}'; its types: {sorted({s.type for s in read_samples(data)})}.")
     samples = samples[:limit]
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
-    meta = {"model": vlm.name, "layers": wanted, "data": str(data), "types": list(types) if types else None}
+    meta = {"model": vlm.name, "layers": wanted, "data": str(Path(data).resolve()), "types": list(types) if types else None}
     maps, done, offset = MeanMaps(), [], 0
     if (out / STATE).exists():
         maps, done, offset, old = _load_state(out)
@@ -154,6 +159,9 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
             raise VTAError(f"'{out}' holds a collection of model {old['model']} over layers {old['layers']} "
                            f"(types {old.get('types')}); "
                            "pass a new --out folder (or delete this one) to start another collection.")
+        if Path(old["data"]).resolve() != Path(data).resolve():
+            raise VTAError(f"'{out}' holds a collection over the data folder '{old['data']}', not '{data}'; pass "
+                           "that folder to resume, or a new --out folder to start another collection.")
     for name in (SAMPLES, SKIPPED):
         (out / name).touch()
     with open(out / SAMPLES, "r+") as f:

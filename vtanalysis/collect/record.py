@@ -9,10 +9,8 @@ equal eager attention rows; the model itself keeps running its default backend (
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import json
-import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import VTAError
+from ..files import atomic_write
 from ..models.layout import TokenLayout
-from .rows import attention_rows, causal_blocked, pad_rows
 from ..scoped import scoped
+from .rows import attention_rows, causal_blocked, pad_rows
 from .tap import tap_attention
 
 
@@ -94,13 +93,6 @@ class AttentionRecord:
         return cls(samples, info["layers"], info["heads"], info["meta"])
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename over `path`, so readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def record_attention(vlm, batch, layers="all", heads: str = "mean") -> AttentionRecord:
     """Run one prefill forward pass of `vlm` on `batch` and record attention rows.
 
@@ -116,7 +108,12 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
     """
     if heads not in ("mean", "all"):
         raise VTAError(f"heads must be 'mean' or 'all', not {heads!r}.")
+    if isinstance(layers, int):
+        layers = [layers]
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
+    if not wanted:
+        raise VTAError(f"layers is empty: pass 'all' or at least one decoder-layer index (0..{vlm.num_layers - 1}, "
+                       "or -1 for the last).")
     device = vlm.device
     rows = pad_rows([lay.text_positions for lay in batch.layouts]).to(device)
     cols = pad_rows([torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]).to(device)

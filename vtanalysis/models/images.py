@@ -4,15 +4,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
 
+def upright(im: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (a phone photo tagged
+    'rotate 90' comes out upright), in RGB."""
+    return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def too_large(name, err: Exception) -> ImageError:
+    return ImageError(f"'{name}' is too large to decode safely ({err}). Downscale it (the model sees a few "
+                      "hundred pixels a side).")
+
+
 def load_image(image) -> Image.Image:
-    """Return an RGB `PIL.Image` from a path, a PIL image or an HxW[xC] uint8/float array."""
+    """Return an RGB `PIL.Image` from a path, a PIL image or an HxW[xC] uint8/float array; EXIF
+    orientation applied to files and PIL images."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return upright(image)
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -20,7 +32,9 @@ def load_image(image) -> Image.Image:
         try:
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
+                return upright(im)
+        except Image.DecompressionBombError as err:
+            raise too_large(path, err) from err
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ImageError(
                 f"could not decode image '{path}' ({err}). The file is corrupt or not an image; "

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LayerError, PromptError, UnsupportedModelError
+from ..errors import LayerError, PromptError, UnsupportedModelError, VTAError
 from ..scoped import scoped
 from .adapter import Adapter
 from .images import load_image
@@ -130,6 +130,11 @@ class VLM:
         if (questions is None) == (prompts is None):
             raise PromptError("pass exactly one of questions= or prompts= to vlm.prepare.")
         texts = list(questions if questions is not None else prompts)
+        if isinstance(images, (str, Path)) or not hasattr(images, "__len__"):
+            images = [images]
+        if len(texts) == 0 or len(images) == 0:
+            raise PromptError("vlm.prepare got an empty batch: pass one image (or a list of images) and one "
+                              "question per sample, e.g. vlm.prepare([image], ['what is this ?']).")
         per_sample = [list(x) if isinstance(x, (list, tuple)) else [x] for x in images]
         if len(per_sample) != len(texts):
             raise PromptError(f"got {len(per_sample)} image entries for {len(texts)} prompts; give one entry per sample.")
@@ -144,6 +149,12 @@ class VLM:
         flat = [im for ims in pil for im in ims]
         inputs = self.processor(images=flat, text=texts, return_tensors="pt", padding=True)
         model_inputs = dict(inputs)
+        length = model_inputs["input_ids"].shape[1]
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if context is not None and length > context:
+            raise PromptError(f"the longest prompt is {length} tokens (image tokens included) but {self.name}'s "
+                              f"language model has a context of {context} positions; shorten the question or "
+                              "use fewer or smaller images.")
         layouts = self.adapter.layouts(model_inputs, self.config, counts)
         return VLMInputs(model_inputs, layouts, texts, counts).to(self.device)
 
@@ -167,6 +178,8 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     from . import tiny
 
     name = str(name_or_path)
+    device = _checked_device(device)
+    dtype = _checked_dtype(dtype)
     if name in tiny.NAMES:
         return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
     if name == "demo":
@@ -178,7 +191,14 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
         vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation)
         vlm.name = "demo"
         return vlm
-    config = transformers.AutoConfig.from_pretrained(name)
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        where = "a local folder without a usable config.json" if Path(name).exists() else \
+            "neither a local folder nor a Hugging Face hub id that can be downloaded from here"
+        raise UnsupportedModelError(f"cannot load a model from {name!r}: it is {where} ({type(err).__name__}). "
+                                    f"Pass a model folder (config.json + weights), a hub id, or a bundled name: "
+                                    f"demo, {', '.join(tiny.NAMES)}.") from None
     adapter = adapter_for(config)
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
@@ -186,3 +206,27 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     model = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation).to(device)
     processor = transformers.AutoProcessor.from_pretrained(name)
     return VLM(model, processor, adapter, name)
+
+
+def _checked_device(device) -> torch.device:
+    """`device` as a torch.device that exists here, or a `VTAError` naming the choices."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VTAError(f"device {device!r} was asked for but this torch has no usable CUDA device; use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise VTAError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here (0..).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VTAError(f"device {device!r} was asked for but MPS is not available here; use 'cpu'.")
+    return dev
+
+
+def _checked_dtype(dtype):
+    """None, 'auto', a torch.dtype, or its name ('float16', 'bfloat16'...); anything else a `VTAError`."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise VTAError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'float16', 'bfloat16' or 'auto'.")

@@ -67,7 +67,9 @@ def _stages(vlm, batch, method, keep, knobs, crops=None) -> list[Stage]:
         per_crop = [_crop_budgets(vlm, method, keep, knobs, sample) for sample in crops]
         totals = [sum(c) + len(lay.newline_columns) for c, lay in zip(per_crop, batch.layouts)]
         return [Stage(0, lambda b: totals[b], per_crop=per_crop)]
-    plans = {n: method.plan(vlm, n, keep, **knobs) for n in counts}
+    # a negative layer counts from the end (layer=-1: the last), as in record_attention
+    plans = {n: [(vlm.check_layer(layer, "pruning layer"), k) for layer, k in method.plan(vlm, n, keep, **knobs)]
+             for n in counts}
     layers = [layer for layer, _ in plans[min(counts)]]
     if any([layer for layer, _ in p] != layers for p in plans.values()):
         raise VTAError(f"method '{method.name}' planned different layers for different image sizes.")
@@ -149,6 +151,9 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
             method does not have is an error.
     """
     spec = get(method)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
+                       f"got {max_new_tokens!r}.")
     if "cls" in spec.needs:
         require_cls(vlm, method)
     knobs, choose_knobs = spec.split_knobs(knobs)

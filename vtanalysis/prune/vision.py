@@ -16,8 +16,8 @@ import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..collect.tap import tap_attention
-from ..scoped import scoped
 from ..errors import UnsupportedModelError
+from ..scoped import scoped
 
 
 def feature_layer_index(config) -> int:
