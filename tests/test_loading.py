@@ -44,3 +44,34 @@ def test_load_in_fresh_offline_process(tmp_path):
 def test_tiny_names_load_through_load_vlm():
     vlm = vta.load_vlm("tiny-llava")
     assert vlm.adapter.family == "llava-1.5" and vlm.num_layers == 3
+
+
+def test_a_checkpoint_with_a_renamed_weight_is_refused_not_loaded_at_random(tmp_path):
+    """Issue 23: on transformers 5.0-5.5 the demo's vision tower loaded randomly initialised, with
+    only a printed table. A weight missing from (or unexpected in) a checkpoint is a WeightsError
+    naming it; strict=False loads anyway, with a warning; the intact demo loads silently."""
+    import shutil
+    import warnings
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    import vtanalysis as vta
+    from vtanalysis.models import demo
+
+    copy = tmp_path / "demo"
+    shutil.copytree(demo.WEIGHTS, copy)
+    (weights,) = copy.glob("*.safetensors")
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "vision_tower" in k and k.endswith("q_proj.weight"))
+    tensors[key.replace("q_proj", "q_projection")] = tensors.pop(key)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    import re
+
+    with pytest.raises(vta.WeightsError, match=rf"transformers 5\.\d+.*1 missing \(e\.g\. [\w.]*{re.escape(key)}\).*1 unexpected"):
+        vta.load_vlm(copy)
+    with pytest.warns(UserWarning, match="missing"):
+        vta.load_vlm(copy, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vta.load_vlm("demo")

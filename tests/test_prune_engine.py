@@ -193,13 +193,33 @@ def test_errors_name_the_problem(images):
 
 
 @torch.no_grad()
+def layer_qk(block, h, cos, sin):
+    """A Llama decoder layer's own queries and keys on the states h entering it: input norm, q/k
+    projections, RoPE, keys repeated per query head. [1, H, L, d] each."""
+    import transformers.models.llama.modeling_llama as llama
+
+    attn = block.self_attn
+    normed = block.input_layernorm(h)
+    q = attn.q_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
+    q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+
+
+def kept_sequence(h, image, top):
+    """Sequence indices that remain when only the image tokens image[top] are kept (order kept)."""
+    is_kept = torch.ones(h.shape[1], dtype=torch.bool)
+    is_kept[image] = False
+    is_kept[image[top]] = True
+    return is_kept.nonzero().flatten()
+
+
+@torch.no_grad()
 def pyramiddrop_reference(vlm, batch, stage_layers, ratios):
     """PyramidDrop as Cooperx521/PyramidDrop's `pdrop_rank_drop` (modeling_llama_pdrop.py) does it, batch of
     one: before stage layer K, layer K's input norm, q/k projections and RoPE on the current sequence;
     the last instruction token's softmax over all keys, head-mean, over the image tokens; keep the top
     int(n * ratio) (ratio of the ORIGINAL image count); positions renumbered 0..L'-1 afterwards."""
-    import transformers.models.llama.modeling_llama as llama
-
     lm, h, _ = lm_inputs(vlm, batch)
     lay = batch.layouts[0]
     n = lay.n_image_tokens
@@ -210,23 +230,13 @@ def pyramiddrop_reference(vlm, batch, stage_layers, ratios):
         pos = torch.arange(h.shape[1])[None]
         cos, sin = lm.rotary_emb(h, position_ids=pos)
         if l in stage_layers:
-            attn = block.self_attn
-            normed = block.input_layernorm(h)
-            q = attn.q_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-            q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            weights = torch.softmax(q[0, :, -1:] @ k[0].transpose(1, 2) * attn.scaling, dim=-1)  # [H, 1, L]
+            q, k = layer_qk(block, h, cos, sin)
+            weights = torch.softmax(q[0, :, -1:] @ k[0].transpose(1, 2) * block.self_attn.scaling, dim=-1)  # [H, 1, L]
             scores = weights.mean(0)[0, image]
             keep = int(n * ratios[stage_layers.index(l)])
             top = torch.topk(scores, keep).indices.sort().values
-            is_kept = torch.ones(h.shape[1], dtype=torch.bool)
-            is_kept[image] = False
-            is_kept[image[top]] = True
-            idx = is_kept.nonzero().flatten()
-            h = h[:, idx]
-            columns = columns[top]
-            image = torch.searchsorted(idx, image[top])
+            idx = kept_sequence(h, image, top)
+            h, columns, image = h[:, idx], columns[top], torch.searchsorted(idx, image[top])
             kept_per_stage.append(columns.sort().values)
             pos = torch.arange(h.shape[1])[None]
             cos, sin = lm.rotary_emb(h, position_ids=pos)
@@ -253,8 +263,6 @@ def sparsevlm_reference(vlm, batch, stage_layers, counts):
     text tokens above the mean); at each scoring layer (the layer before a stage) its own softmax
     attention over all keys, head-mean, the raters' rows averaged over the current image tokens
     (`attn_postprocess_topk`); the layer's output keeps the top-k; positions renumbered 0..L'-1."""
-    import transformers.models.llama.modeling_llama as llama
-
     lm, h, _ = lm_inputs(vlm, batch)
     lay = batch.layouts[0]
     v_t, t_t = h[:, lay.image_positions], h[:, lay.text_positions]
@@ -268,26 +276,16 @@ def sparsevlm_reference(vlm, batch, stage_layers, counts):
         pos = torch.arange(h.shape[1])[None]
         cos, sin = lm.rotary_emb(h, position_ids=pos)
         if l + 1 in stage_layers:
-            attn = block.self_attn
-            normed = block.input_layernorm(h)
-            q = attn.q_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(normed).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-            q, k = llama.apply_rotary_pos_emb(q, k, cos, sin)
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            logits = q[0] @ k[0].transpose(1, 2) * attn.scaling
+            q, k = layer_qk(block, h, cos, sin)
+            logits = q[0] @ k[0].transpose(1, 2) * block.self_attn.scaling
             causal = torch.ones(h.shape[1], h.shape[1], dtype=torch.bool).tril()
             probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1).mean(0)  # [L, L]
             scores = probs[text[raters]][:, image].mean(0)
         h = block(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=pos)
         if l + 1 in stage_layers:
             top = torch.topk(scores, counts[stage_layers.index(l + 1)]).indices.sort().values
-            is_kept = torch.ones(h.shape[1], dtype=torch.bool)
-            is_kept[image] = False
-            is_kept[image[top]] = True
-            idx = is_kept.nonzero().flatten()
-            h = h[:, idx]
-            columns = columns[top]
-            image, text = torch.searchsorted(idx, image[top]), torch.searchsorted(idx, text)
+            idx = kept_sequence(h, image, top)
+            h, columns, image, text = h[:, idx], columns[top], torch.searchsorted(idx, image[top]), torch.searchsorted(idx, text)
             kept_per_stage.append(columns.sort().values)
     return vlm.model.lm_head(lm.norm(h))[:, -1], kept_per_stage
 

@@ -12,13 +12,13 @@ Submodules reachable as attributes (imported on first use): `vta.prune` (methods
 """
 import importlib
 
-from .errors import ImageError, LayerError, PromptError, UnsupportedModelError, VTAError
+from .errors import ImageError, LayerError, PromptError, UnsupportedModelError, VTAError, WeightsError
 from .collect import AttentionRecord, record_attention
 from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
-           "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError",
+           "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError", "WeightsError",
            "analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"]
 _SUBMODULES = {"analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"}
 

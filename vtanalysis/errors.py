@@ -19,3 +19,7 @@ class ImageError(VTAError):
 
 class LayerError(VTAError):
     """A layer index is outside the model's depth."""
+
+
+class WeightsError(VTAError):
+    """A checkpoint's weights do not match the model built for it (they would load at random)."""

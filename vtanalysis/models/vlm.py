@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LayerError, PromptError, UnsupportedModelError, VTAError
+from ..errors import LayerError, PromptError, UnsupportedModelError, VTAError, WeightsError
 from ..scoped import scoped
 from .adapter import Adapter
 from .images import load_image
@@ -160,7 +160,7 @@ class VLM:
 
 
 def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-             attn_implementation: str = "sdpa") -> VLM:
+             attn_implementation: str = "sdpa", strict: bool = True) -> VLM:
     """Load a supported VLM from a Hugging Face id or a local folder.
 
     Args:
@@ -170,8 +170,12 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
         device: where to put the model.
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).
+        strict: refuse a checkpoint whose weights do not match the model (missing, unexpected or
+            mismatched in shape): transformers would leave those weights randomly initialised and
+            every result would be computed on a broken model. False loads anyway, with a warning.
     Raises:
         UnsupportedModelError: the config's family has no adapter (the message lists those that do).
+        WeightsError: the checkpoint's weights do not match (strict=True).
     """
     import transformers
 
@@ -188,7 +192,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
         if not demo.available():
             raise UnsupportedModelError(f"the demo model's weights are missing from {demo.WEIGHTS}; "
                                         "run `vtanalysis train-demo` to make them.")
-        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict)
         vlm.name = "demo"
         return vlm
     try:
@@ -203,7 +207,10 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
     model_cls = getattr(transformers, adapter.model_class)
-    model = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    model, info = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation,
+                                            output_loading_info=True)
+    check_loading(name, info, strict)
+    model = model.to(device)
     processor = transformers.AutoProcessor.from_pretrained(name)
     return VLM(model, processor, adapter, name)
 
@@ -230,3 +237,26 @@ def _checked_dtype(dtype):
     if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
         return getattr(torch, dtype)
     raise VTAError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'float16', 'bfloat16' or 'auto'.")
+
+
+def check_loading(name: str, info: dict, strict: bool = True) -> None:
+    """Raise `WeightsError` (or warn, strict=False) when transformers' loading report lists weights
+    missing from the checkpoint, unexpected in it, or of another shape. Weights a family ties (the
+    LM head to the embeddings) are not reported by transformers, so they are never errors."""
+    import warnings
+
+    import transformers
+
+    problems = {kind: list(info.get(key) or []) for kind, key in
+                (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of another shape", "mismatched_keys"))}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if not problems:
+        return
+    listed = "; ".join(f"{len(keys)} {kind} (e.g. {', '.join(str(k) for k in keys[:3])})" for kind, keys in problems.items())
+    message = (f"the checkpoint '{name}' does not match the model transformers {transformers.__version__} builds for it: "
+               f"weights {listed}. Loading it would leave those weights at random. Use the transformers release the "
+               "checkpoint was saved with (vtanalysis is tested on the range in its README), or convert the "
+               "checkpoint's keys; load_vlm(..., strict=False) loads it anyway.")
+    if strict:
+        raise WeightsError(message)
+    warnings.warn(message, stacklevel=3)
