@@ -8,7 +8,10 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_and_shows_figures(path):
+def test_notebook_runs_and_shows_figures(path, monkeypatch):
+    # the kernel inherits this process's environment, and importing streamlit (the app's tests) sets
+    # MPLBACKEND=Agg, which would turn the kernel's inline figures off
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
