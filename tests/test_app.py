@@ -81,6 +81,18 @@ def test_attention_layer_slider_changes_the_heatmap(app):
     assert captions[0] != captions[1]
 
 
+def test_a_wrong_model_path_is_a_message_and_the_page_keeps_working():
+    """Issue 20: a wrong model path gave a traceback; now the page names the problem and recovers."""
+    testing = pytest.importorskip("streamlit.testing.v1")
+    at = testing.AppTest.from_file(str(PAGE), default_timeout=600)
+    at.run()
+    at.text_input(key="model").set_value("no/such/model-folder").run()
+    assert not at.exception, at.exception
+    assert "cannot load a model from 'no/such/model-folder'" in at.error[0].value
+    at.text_input(key="model").set_value("demo").run()
+    assert not at.exception and not at.error and _kept(at)
+
+
 def test_two_sessions_computing_at_once_get_their_own_overlays():
     """Issue 17: Streamlit serves each browser session from its own thread with one cached model.
     Two sessions with different settings, run at the same time, show what each shows alone."""

@@ -69,12 +69,15 @@ def test_pruning_one_model_with_two_methods_and_a_plain_pass_at_once(two_models,
     jobs = {"fastv": lambda: prune.run(vlm, batch, "fastv", 0.25, max_new_tokens=2),
             "visionzip": lambda: prune.run(vlm, batch, "visionzip", 0.25, max_new_tokens=2),
             "adaptinfer": lambda: prune.run(vlm, batch, "adaptinfer", 0.25, max_new_tokens=2),
-            "plain": lambda: plain_logits(vlm, batch)}
+            "plain": lambda: plain_logits(vlm, batch),
+            # fast tokenizers raise "Already borrowed" when shared across threads unguarded (VLM.tokenizer_lock)
+            "prepare": lambda: vlm.prepare(images[:2], QUESTIONS[:2]).model_inputs["input_ids"],
+            "prepare one": lambda: vlm.prepare(images[2:3], QUESTIONS[2:3]).model_inputs["input_ids"]}
     alone = {name: job() for name, job in jobs.items()}
     together = run_together(jobs)
     for name, runs in together.items():
         for got in runs:
-            if name == "plain":
+            if name in ("plain", "prepare", "prepare one"):
                 assert torch.equal(got, alone[name])
             else:
                 assert torch.equal(got.logits, alone[name].logits) and torch.equal(got.token_ids, alone[name].token_ids)

@@ -1,6 +1,7 @@
 """`VLM`: a Hugging Face vision-language model, its processor and its family adapter, in one object."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class VLM:
         self.processor = processor
         self.adapter = adapter or adapter_for(model.config)
         self.name = name or getattr(model.config, "_name_or_path", "")
+        # Hugging Face fast tokenizers are not thread-safe (a call that sets padding while another
+        # thread encodes raises "Already borrowed"): threads sharing this VLM take turns with it
+        self.tokenizer_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (f"VLM({self.name!r}, family={self.adapter.family}, layers={self.num_layers}, "
@@ -140,14 +144,14 @@ class VLM:
             raise PromptError(f"got {len(per_sample)} image entries for {len(texts)} prompts; give one entry per sample.")
         pil = [[load_image(im) for im in ims] for ims in per_sample]
         counts = [len(ims) for ims in pil]
-        if questions is not None:
-            texts = [self.adapter.build_prompt(self.processor, q, n) for q, n in zip(texts, counts)]
-        for text, n in zip(texts, counts):
-            self.adapter.check_prompt(self.processor, text, n)
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"
         flat = [im for ims in pil for im in ims]
-        inputs = self.processor(images=flat, text=texts, return_tensors="pt", padding=True)
+        with self.tokenizer_lock:
+            if questions is not None:
+                texts = [self.adapter.build_prompt(self.processor, q, n) for q, n in zip(texts, counts)]
+            for text, n in zip(texts, counts):
+                self.adapter.check_prompt(self.processor, text, n)
+            self.processor.tokenizer.padding_side = "left"
+            inputs = self.processor(images=flat, text=texts, return_tensors="pt", padding=True)
         model_inputs = dict(inputs)
         length = model_inputs["input_ids"].shape[1]
         context = getattr(self.config.text_config, "max_position_embeddings", None)

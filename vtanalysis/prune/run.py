@@ -220,7 +220,8 @@ def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -
             per_layer.append(n)
         flops.append(prefill_flops(per_layer, d, m))
         full.append(prefill_flops([real] * depth, d, m))
-    answers = vlm.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    with vlm.tokenizer_lock:  # fast tokenizers are not thread-safe (see VLM.tokenizer_lock)
+        answers = vlm.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
     return RunResult(
         method=method, answers=[a.strip() for a in answers],
         token_ids=new_ids.cpu(), logits=logits.float().cpu(),  # ok-host: the result, once, after generation
