@@ -89,10 +89,11 @@ def collect(
     """Record per-layer text-to-image attention over a dataset; writes mean maps, a figure and a summary."""
     from .collect.dataset import collect_dataset
     from .errors import VTAError
+    from .files import output_folder
     from .models import load_vlm
 
     try:
-        _check_folder(out)
+        output_folder(out)  # before the demo's scenes are written into it
         vlm = load_vlm(model, device=device)
         data = data or _demo_heldout(model, out / "data", limit or 64)
         summary = collect_dataset(vlm, data, out, batch_size=batch_size, layers=_parse_layers(layers), limit=limit,
@@ -192,13 +193,6 @@ def app_cmd(
 
 
 
-def _check_folder(out: Path) -> None:
-    from .errors import VTAError
-
-    if out.exists() and not out.is_dir():
-        raise VTAError(f"--out '{out}' is a file; pass a folder (it is created if missing).")
-
-
 def _demo_heldout(model: str | None, folder: Path, samples: int) -> Path:
     """The demo model's held-out split (scenes 0, 1, ...; training uses seeds >= 1,000,000) in `folder`.
 
@@ -231,10 +225,11 @@ def figures_cmd(
     """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections)."""
     from .errors import VTAError
     from .figures import make_figures
+    from .files import output_folder
     from .models import load_vlm
 
     try:
-        _check_folder(out)
+        output_folder(out)
         vlm = load_vlm(model, device=device)
         data = data or _demo_heldout(None, out / "cache" / "data", samples)
         made = make_figures(vlm, data, out, only=only, samples=samples, batch_size=batch_size)

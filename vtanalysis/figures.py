@@ -29,7 +29,7 @@ import torch
 
 from .data.dataset import Sample, read_samples
 from .errors import VTAError
-from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint
+from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint, output_folder
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep")
@@ -371,10 +371,7 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
         raise VTAError(f"unknown figure(s) {sorted(unknown)}; figures: {', '.join(FIGURES)}.")
     if samples < 1:
         raise VTAError(f"--samples must be >= 1, got {samples}.")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VTAError(f"out '{out}' is a file; pass a folder (it is created if missing).")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     ctx = Context(vlm, Path(data), out, samples, batch_size, progress)
     made = {}
     for name in names:

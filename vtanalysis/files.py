@@ -9,6 +9,17 @@ from pathlib import Path
 
 import torch
 
+from .errors import VTAError
+
+
+def output_folder(path: str | Path) -> Path:
+    """`path` as an existing folder (created if missing), or a `VTAError` when it names a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise VTAError(f"--out '{path}' is a file; pass a folder (it is created if missing).")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), flush it to disk (fsync), give it the usual permissions (0666 minus

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Sample, read_samples
 from ..errors import VTAError
-from ..files import atomic_write
+from ..files import atomic_write, output_folder
 from .record import SampleAttention, record_attention
 
 STATE = "state.safetensors"
@@ -140,10 +140,7 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         raise VTAError(f"batch_size must be >= 1, got {batch_size}.")
     if limit is not None and limit < 1:
         raise VTAError(f"limit must be >= 1 (or None for every sample), got {limit}.")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VTAError(f"--out '{out}' is a file; pass a folder (it is created if missing).")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     samples = read_samples(data)
     if types is not None:
         samples = [s for s in samples if s.type in types]

@@ -18,10 +18,12 @@ from ..errors import VTAError
 ENV = "VTA_PLUGINS"
 GROUP = "vtanalysis.methods"
 _loaded: set[str] = set()
+_entry_points_done = False
 
 
 def load(modules=()) -> None:
     """Import `modules`, those named in VTA_PLUGINS and the installed entry points (each once)."""
+    global _entry_points_done
     named = [m.strip() for m in os.environ.get(ENV, "").split(",") if m.strip()] + list(modules)
     for name in named:
         if name not in _loaded:
@@ -32,6 +34,8 @@ def load(modules=()) -> None:
                 _loaded.discard(name)
                 raise VTAError(f"could not import the method plugin '{name}' ({type(err).__name__}: {err}); check "
                                f"that it is importable (on PYTHONPATH or installed), or remove it from {ENV}.") from err
+    if _entry_points_done:  # installed packages do not change within a process
+        return
     for ep in entry_points(group=GROUP):
         if ep.value not in _loaded:
             _loaded.add(ep.value)
@@ -40,3 +44,4 @@ def load(modules=()) -> None:
             except Exception as err:
                 raise VTAError(f"the installed method plugin '{ep.name}' ({ep.value}) failed to load "
                                f"({type(err).__name__}: {err}); fix or uninstall the package that provides it.") from err
+    _entry_points_done = True

@@ -153,11 +153,10 @@ def crop_columns(vlm, batch) -> list[list[torch.Tensor]]:
         n_inputs = sum(image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vc.image_size) for s in sizes)
     else:
         n_inputs = sum(batch.images_per_sample or [1] * len(batch))
-    ids = torch.arange(n_inputs, dtype=torch.float32)[:, None, None].expand(n_inputs, n_patches, 1)
     out = []
-    for c in to_columns(vlm, batch, ids):
-        crop = torch.nan_to_num(c[:, 0].cpu(), nan=-1).long()
-        out.append([(crop == v).nonzero().flatten() for v in crop[crop >= 0].unique().tolist()])  # ok-host: layout, before the run
+    for rows in projector_rows(vlm, batch, n_patches, n_inputs):  # CPU tensors: no device involved
+        crop = torch.where(rows >= 0, rows // n_patches, -1)
+        out.append([(crop == v).nonzero().flatten() for v in crop[crop >= 0].unique().tolist()])  # ok-host: CPU layout, before the run
     return out
 
 
