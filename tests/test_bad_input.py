@@ -135,7 +135,7 @@ def test_train_demo_never_overwrites_the_shipped_weights(tmp_path):
         return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(demo.WEIGHTS.iterdir()) if p.is_file()}
 
     before = digest()
-    result = CliRunner().invoke(app, ["train-demo", "--steps", "2", "--vision-steps", "2", "--batch-size", "4",
+    result = CliRunner().invoke(app, ["train-demo", "--recipe", "small", "--steps", "2", "--vision-steps", "2", "--batch-size", "4",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model" / "config.json").is_file()

@@ -287,34 +287,75 @@ def eval_cmd(
 
 @app.command("train-demo")
 def train_demo_cmd(
-    out: Path = typer.Option(Path("runs/demo-train"), help="Checkpoint folder (training resumes from it)."),
-    steps: int = typer.Option(4000, min=0, help="Stage-1 steps (whole model on conversations)."),
-    vision_steps: int = typer.Option(1000, min=0, help="Stage-0 steps (vision tower and projector on per-patch shape, colour, size, position)."),
-    batch_size: int = typer.Option(32, min=1, help="Conversations per stage-1 step (stage 0 uses twice as many scenes)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine schedule, 300 warm-up steps)."),
+    recipe: str = typer.Option("deep", help="'deep' (the `demo` model: CLIP pretraining, 16-layer LLM, recipe in "
+                               "`vtanalysis.train_deep`) or 'small' (the 4-layer `demo-small`, `vtanalysis.train_demo`)."),
+    out: Path = typer.Option(None, help="Checkpoint folder; training resumes from it (default runs/demo-RECIPE)."),
+    steps: int = typer.Option(None, min=0, help="Steps of the last stage (deep: instruction tuning, default 4000; "
+                              "small: the whole model, default 4000)."),
+    vision_steps: int = typer.Option(None, min=0, help="Steps of the vision stage (deep: contrastive CLIP, default "
+                                     "1000; small: per-patch losses, default 1000)."),
+    align_steps: int = typer.Option(None, min=0, help="deep only: projector alignment steps on captions (default 300)."),
+    batch_size: int = typer.Option(32, min=1, help="Conversations per LLM step."),
+    lr: float = typer.Option(None, help="Peak learning rate of the LLM stage(s) (deep 1e-3, small 2e-3)."),
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
+    device: str = typer.Option("cpu", help="Where to train: cpu or cuda (deep only)."),
+    minutes: float = typer.Option(None, min=0, help="deep only: stop cleanly after this many minutes; rerun the same "
+                                  "command to resume."),
     save_to: Path = typer.Option(None, help="Where to save the trained model (default: OUT/model; load it with "
                                  "--model OUT/model. The package's own demo weights are never overwritten)."),
 ):
-    """Train the demo LLaVA on generated scenes (recipe in `vtanalysis.train_demo`); saves it in HF format."""
+    """Train a demo LLaVA on generated scenes, resumably; saves it in Hugging Face format with its record."""
     import json
 
-    from . import train_demo
     from .models import demo
 
+    if recipe not in ("deep", "small"):
+        console.print(f"[red]error:[/red] --recipe {recipe!r}: use 'deep' or 'small'.")
+        raise typer.Exit(2)
+    out = Path(out or f"runs/demo-{recipe}")
     target = Path(save_to or out / "model")
     if target.resolve() == Path(demo.WEIGHTS).resolve():
         console.print("[red]error:[/red] --save-to names the package's shipped demo weights; save elsewhere and "
                       "load with --model FOLDER (the shipped demo stays as released).")
         raise typer.Exit(2)
-    result = train_demo.train(out, steps=steps, vision_steps=vision_steps, batch_size=batch_size, lr=lr, seed=seed)
-    result["vlm"].model.save_pretrained(target)
-    result["vlm"].processor.save_pretrained(target)
-    (Path(target) / "training.json").write_text(json.dumps(
-        {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_minutes": result["minutes"],
-         "history": result["history"]}, indent=1))
+    if recipe == "deep":
+        from . import train_deep
+
+        defaults = train_deep.Recipe()
+        r = train_deep.Recipe(clip_steps=defaults.clip_steps if vision_steps is None else vision_steps,
+                              align_steps=defaults.align_steps if align_steps is None else align_steps,
+                              instruct_steps=defaults.instruct_steps if steps is None else steps,
+                              batch_size=batch_size, lr=defaults.lr if lr is None else lr, seed=seed)
+        result = train_deep.train(out, r, device=_checked_device(device), minutes=minutes)
+        if not result["finished"]:
+            print(f"stopped at stage {result['stage']} step {result['step']}; rerun the same command to resume")
+            return
+        train_deep.save(result, target, r, device)
+    else:
+        from . import train_demo
+
+        steps, vision_steps = 4000 if steps is None else steps, 1000 if vision_steps is None else vision_steps
+        lr = 2e-3 if lr is None else lr
+        result = train_demo.train(out, steps=steps, vision_steps=vision_steps, batch_size=batch_size, lr=lr, seed=seed)
+        result["vlm"].model.save_pretrained(target)
+        result["vlm"].processor.save_pretrained(target)
+        (Path(target) / "training.json").write_text(json.dumps(
+            {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+             "wall_minutes": result["minutes"], "history": result["history"]}, indent=1))
+    from . import train_demo
+
     train_demo.report(result["vlm"], target)
     print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")
+
+
+def _checked_device(device: str) -> str:
+    from .models.vlm import _checked_device as checked
+
+    try:
+        return str(checked(device))
+    except Exception as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""The demo model organism: a small LLaVA (CLIP vision tower, MLP projector, Llama decoder) trained
-here on `data.shapes` scenes, shipped in `vtanalysis/models/demo_weights/` and loaded by
-`load_vlm("demo")` with no network.
+"""The demo model organisms: small LLaVAs (CLIP vision tower, MLP projector, Llama decoder) trained
+here on `data.shapes` scenes and loaded with no network.
 
-Shape: 96 px images, patch 8 -> a 12 x 12 grid of 144 image tokens; vision 128-d x 4 layers
-(`vision_feature_layer=-1`, so no CLIP layer is computed in vain); Llama 128-d x 4 layers;
-word-level tokenizer; LLaVA-1.5's prompt "USER: <image>\\n{question} ASSISTANT:".
+Both read 96 px images, patch 8 -> a 12 x 12 grid of 144 image tokens, with a word-level
+tokenizer and LLaVA-1.5's prompt "USER: <image>\\n{question} ASSISTANT:".
+
+    SMALL  vision 128-d x 4 layers (`vision_feature_layer=-1`), Llama 128-d x 4 layers; trained end to
+           end by `train_demo.train` (the vision tower only through the LLM and per-patch losses).
+    DEEP   vision 128-d x 6 layers read at layer -2 as LLaVA-1.5 does, pretrained contrastively with
+           a 3-layer text encoder (a CLIP, `CLIP_WEIGHTS`) and frozen; Llama 128-d x 16 layers;
+           trained by `train_deep.train` in LLaVA's stages.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
@@ -21,6 +26,21 @@ IMAGE_SIZE, PATCH = shapes.SIZE, 8
 EXTRA_WORDS = "describe image".split()
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of a demo model; `feature_layer` is LLaVA's `vision_feature_layer`."""
+    width: int = 128
+    layers: int = 4
+    vision_layers: int = 4
+    feature_layer: int = -1
+    mlp: int = 3  # Llama intermediate size = mlp x width
+    text_layers: int = 3  # the CLIP text encoder (DEEP only)
+
+
+SMALL = Shape()
+DEEP = Shape(layers=16, vision_layers=6, feature_layer=-2, mlp=2)
+
+
 def processor() -> transformers.LlavaProcessor:
     tok = word_tokenizer([*BASE_WORDS, *shapes.WORDS, *EXTRA_WORDS], extra_special=["<image>"])
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
@@ -30,22 +50,39 @@ def processor() -> transformers.LlavaProcessor:
                                        chat_template=LLAVA_TEMPLATE, image_token="<image>")
 
 
-def config(proc: transformers.LlavaProcessor, width: int = 128, layers: int = 4) -> transformers.LlavaConfig:
+def vision_config(shape: Shape = SMALL) -> transformers.CLIPVisionConfig:
+    return transformers.CLIPVisionConfig(hidden_size=shape.width, intermediate_size=2 * shape.width,
+                                         num_hidden_layers=shape.vision_layers, num_attention_heads=4,
+                                         image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=shape.width)
+
+
+def clip_config(proc: transformers.LlavaProcessor, shape: Shape = DEEP) -> transformers.CLIPConfig:
+    """The contrastive pair: `vision_config(shape)` and a causal text encoder over the demo vocabulary,
+    pooled at "</s>" (texts end with it), both projected to `width` dimensions."""
     tok = proc.tokenizer
-    vision = transformers.CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH,
-                                           projection_dim=width)
-    text = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=3 * width,
-                                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+    text = transformers.CLIPTextConfig(vocab_size=len(tok), hidden_size=shape.width, intermediate_size=2 * shape.width,
+                                       num_hidden_layers=shape.text_layers, num_attention_heads=4,
+                                       max_position_embeddings=64, projection_dim=shape.width,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id)
+    return transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision_config(shape).to_dict(),
+                                   projection_dim=shape.width)
+
+
+def config(proc: transformers.LlavaProcessor, shape: Shape = SMALL) -> transformers.LlavaConfig:
+    tok, width = proc.tokenizer, shape.width
+    vision = vision_config(shape)
+    text = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=shape.mlp * width,
+                                    num_hidden_layers=shape.layers, num_attention_heads=4, num_key_value_heads=4,
                                     max_position_embeddings=512, pad_token_id=tok.pad_token_id,
                                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                     tie_word_embeddings=False)
     return transformers.LlavaConfig(vision_config=vision, text_config=text,
-                                    image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                                    image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=shape.feature_layer,
                                     vision_feature_select_strategy="default")
 
 
-def untrained(seed: int = 0, width: int = 128, layers: int = 4):
+def untrained(seed: int = 0, shape: Shape = SMALL):
     """A randomly initialised demo-shaped model and its processor."""
     import torch
 
@@ -53,7 +90,7 @@ def untrained(seed: int = 0, width: int = 128, layers: int = 4):
 
     proc = processor()
     torch.manual_seed(seed)
-    model = transformers.LlavaForConditionalGeneration(config(proc, width, layers))
+    model = transformers.LlavaForConditionalGeneration(config(proc, shape))
     return VLM(model, proc, name="demo (untrained)")
 
 

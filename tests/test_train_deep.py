@@ -1,0 +1,53 @@
+"""Issue 14: the deep demo recipe (`vtanalysis.train_deep`) resumes exactly where it stopped, and
+its LLaVA reads the contrastively trained tower frozen, as LLaVA's stages do."""
+import torch
+
+from vtanalysis import train_deep
+
+TINY = train_deep.Recipe(clip_steps=3, clip_batch=6, align_steps=2, instruct_steps=2, batch_size=2, warmup=1)
+
+
+def _quiet(_):
+    pass
+
+
+def test_stopping_and_resuming_equals_one_uninterrupted_run(tmp_path):
+    """Stopped inside the clip stage, then inside align, then finished: every weight equals the run
+    that went through in one call (same data order, optimizer state restored per stage)."""
+    whole = train_deep.train(tmp_path / "whole", TINY, eval_every=10**6, eval_scenes=2, log=_quiet)
+    first = train_deep.train(tmp_path / "parts", TINY, max_steps=2, eval_every=10**6, eval_scenes=2, log=_quiet)
+    assert not first["finished"] and (first["stage"], first["step"]) == ("clip", 2)
+    second = train_deep.train(tmp_path / "parts", TINY, max_steps=2, eval_every=10**6, eval_scenes=2, log=_quiet)
+    assert (second["stage"], second["step"]) == ("align", 1)
+    last = train_deep.train(tmp_path / "parts", TINY, eval_every=10**6, eval_scenes=2, log=_quiet)
+    assert last["finished"] and whole["finished"]
+    for a, b in ((whole["vlm"].model, last["vlm"].model), (whole["clip"], last["clip"])):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
+def test_the_llava_tower_is_the_clip_vision_model_frozen(tmp_path):
+    """After both LLM stages the LLaVA vision tower still equals the CLIP stage's vision model."""
+    result = train_deep.train(tmp_path, TINY, eval_every=10**6, eval_scenes=2, log=_quiet)
+    tower, clip_vision = result["vlm"].model.model.vision_tower.state_dict(), result["clip"].vision_model.state_dict()
+    assert tower.keys() == clip_vision.keys()
+    for k in tower:
+        torch.testing.assert_close(tower[k], clip_vision[k], rtol=0, atol=0, msg=k)
+    assert not any(p.requires_grad for p in result["vlm"].model.model.vision_tower.parameters())
+    projector = result["vlm"].model.model.multi_modal_projector
+    fresh = train_deep.llava_from(result["clip"], result["vlm"].processor, TINY.seed).model.model.multi_modal_projector
+    assert not torch.equal(projector.linear_1.weight, fresh.linear_1.weight)  # the LLM stages did train
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from vtanalysis.errors import VTAError
+
+    train_deep.train(tmp_path, TINY, max_steps=1, eval_every=10**6, eval_scenes=2, log=_quiet)
+    with pytest.raises(VTAError, match="another recipe"):
+        train_deep.train(tmp_path, dataclasses.replace(TINY, lr=5e-4), eval_scenes=2, log=_quiet)

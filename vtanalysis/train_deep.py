@@ -1,0 +1,292 @@
+"""Training recipe of the deep demo model (`vtanalysis train-demo`), in LLaVA's stages, resumable.
+
+    clip      a CLIP from scratch: the vision tower (`demo.DEEP`) and a 3-layer text encoder learn
+              scene/caption pairs with the symmetric InfoNCE loss and a learned temperature, as
+              open_clip trains (captions: `shapes.caption`, every object's size, colour, shape and
+              place). Our addition: a per-patch attribute loss (shape, colour, size, column, row of
+              the object under each patch, read at the feature layer by a linear head, weight
+              `patch_weight`), the dense signal a from-scratch ViT on synthetic scenes needs.
+    align     LLaVA stage 1: the frozen tower's features, the projector and the decoder learn to
+              caption ("describe the image ." -> caption). Unlike LLaVA the decoder trains here
+              too: ours has no language pretraining to keep.
+    instruct  LLaVA stage 2: conversations of up to eight questions (`train_demo.conversation`, a
+              caption first with probability `caption_p`), loss on the answers; projector and
+              decoder train, the tower stays frozen. Both LLM stages add `aux_weight` x the patch
+              loss of `train_demo.patch_loss` on the projected tokens (attributes read against the
+              decoder's word embeddings, positions as scalars along E[right] - E[left]).
+
+Every stage has its own AdamW and cosine schedule (LLaVA's stages are separate runs). The state
+lands in `out/checkpoint.pt` every `save_every` steps (atomically) and training resumes from it;
+`minutes` stops a run cleanly after that much wall time, so a long recipe is done in pieces (a
+CPU session, or a GPU call limited to 10 minutes). Held-out scenes (seeds below
+`train_demo.TRAIN_SEED0`) are never trained on; each stage draws its own seed range.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from .data import shapes
+from .files import atomic_write
+from .models import demo
+from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, encode, grid_side, lr_at, patch_labels, patch_loss,
+                         position_head, quick_eval)
+
+STAGES = ("clip", "align", "instruct")
+SEED_RANGE = 10_000_000  # each stage's scenes start at TRAIN_SEED0 + stage index x this
+
+
+@dataclass
+class Recipe:
+    """Steps, batch sizes and learning rates of the three stages (the shipped model's are recorded
+    in its `training.json`)."""
+    clip_steps: int = 1000
+    clip_batch: int = 128
+    clip_lr: float = 1e-3
+    patch_weight: float = 1.0
+    align_steps: int = 300
+    instruct_steps: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    aux_weight: float = 0.5
+    caption_p: float = 0.2
+    warmup: int = 100
+    seed: int = 0
+
+    def steps(self, stage: str) -> int:
+        return {"clip": self.clip_steps, "align": self.align_steps, "instruct": self.instruct_steps}[stage]
+
+
+# -- the contrastive stage ---------------------------------------------------------------------------
+ATTRIBUTE_CLASSES = (1 + len(shapes.SHAPES), 1 + len(shapes.COLORS), 1 + len(shapes.RADIUS))
+
+
+def patch_head(clip: transformers.CLIPModel) -> torch.nn.Linear:
+    """Logits of shape, colour, size (0 = background), column and row per patch (dropped after training)."""
+    g = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
+    return torch.nn.Linear(clip.config.vision_config.hidden_size, sum(ATTRIBUTE_CLASSES) + 2 * g)
+
+
+def caption_ids(tok, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids of `texts`, each ending with "</s>" (the text encoder pools there), and the mask."""
+    enc = tok([t + " </s>" for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def clip_loss(clip: transformers.CLIPModel, head: torch.nn.Linear, proc, scenes: list[shapes.Scene],
+              patch_weight: float, device) -> tuple[torch.Tensor, dict]:
+    """InfoNCE over the batch (image i <-> caption i, both directions, temperature exp(logit_scale)
+    clamped at 100 as open_clip does) + `patch_weight` x the mean per-patch cross-entropy."""
+    pixels = proc.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"].to(device)
+    ids, mask = caption_ids(proc.tokenizer, [shapes.caption(sc) for sc in scenes], device)
+    vision = clip.vision_model(pixel_values=pixels, output_hidden_states=True)
+    image = F.normalize(clip.visual_projection(vision.pooler_output), dim=-1)
+    text = F.normalize(clip.text_projection(clip.text_model(input_ids=ids, attention_mask=mask).pooler_output), dim=-1)
+    logits = clip.logit_scale.exp().clamp(max=100) * image @ text.T  # [B, B]
+    target = torch.arange(len(scenes), device=device)
+    contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    labels = torch.stack([patch_labels(sc, demo.PATCH) for sc in scenes]).to(device)  # [B, 5, N]
+    feats = vision.hidden_states[demo.DEEP.feature_layer][:, 1:]  # the tokens LLaVA will read
+    g = labels.shape[-1]
+    parts = head(feats).split([*ATTRIBUTE_CLASSES, int(g ** 0.5), int(g ** 0.5)], dim=-1)
+    patch = sum(F.cross_entropy(p.flatten(0, 1), labels[:, k].flatten()) for k, p in enumerate(parts)) / len(parts)
+    accuracy = (logits.argmax(-1) == target).float().mean()
+    return contrastive + patch_weight * patch, {"contrastive": contrastive, "patch": patch, "retrieval": accuracy}
+
+
+@torch.no_grad()
+def clip_eval(clip, proc, n: int = 256, device="cpu") -> dict:
+    """Held-out image->caption retrieval accuracy among `n` scenes (chance 1/n)."""
+    clip.eval()
+    scenes = [shapes.scene(s) for s in range(n)]
+    pixels = proc.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"].to(device)
+    ids, mask = caption_ids(proc.tokenizer, [shapes.caption(sc) for sc in scenes], device)
+    image = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    text = F.normalize(clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
+    clip.train()
+    hits = (image @ text.T).argmax(-1) == torch.arange(n, device=device)
+    return {"retrieval@1": float(hits.float().mean()), "n": n}  # ok-host: once per evaluation
+
+
+# -- the LLM stages ----------------------------------------------------------------------------------
+def llava_from(clip: transformers.CLIPModel, proc, seed: int, device="cpu"):
+    """A DEEP demo LLaVA whose vision tower is `clip`'s vision model, frozen."""
+    from .models.vlm import VLM
+
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(demo.config(proc, demo.DEEP))
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    model.model.vision_tower.requires_grad_(False)
+    return VLM(model.to(device), proc, name="demo")
+
+
+def caption_batch(vlm, seeds: list[int]) -> dict:
+    """Stage-1 batch: each scene's caption as the only answer."""
+    tok, n_img = vlm.processor.tokenizer, grid_side(vlm) ** 2
+    scenes = [shapes.scene(s) for s in seeds]
+    rows = [encode(tok, n_img, [(CAPTION_PROMPT, shapes.caption(sc))]) for sc in scenes]
+    width = max(len(i) for i, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (i, lab) in enumerate(rows):
+        ids[b, :len(i)], labels[b, :len(lab)], mask[b, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
+    pixels = vlm.processor.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"]
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": labels,
+            "patch_labels": torch.stack([patch_labels(sc, demo.PATCH) for sc in scenes])}
+
+
+def llm_loss(vlm, head, b: dict, aux_weight: float) -> tuple[torch.Tensor, dict]:
+    """Next-token loss on the labelled tokens + `aux_weight` x the patch loss on the projected tokens."""
+    with torch.no_grad():  # the tower is frozen: no graph through it
+        feats = vlm.model.model.vision_tower(b["pixel_values"], output_hidden_states=True)
+    feats = feats.hidden_states[vlm.config.vision_feature_layer][:, 1:]
+    projected = vlm.model.model.multi_modal_projector(feats)
+    embeds = vlm.model.get_input_embeddings()(b["input_ids"])
+    image_mask = (b["input_ids"] == vlm.config.image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(image_mask, projected.to(embeds.dtype))
+    logits = vlm.model(inputs_embeds=embeds, attention_mask=b["attention_mask"]).logits
+    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100)
+    aux = patch_loss(vlm, head, projected, b["patch_labels"], relation=True)
+    return lm + aux_weight * aux, {"lm": lm, "patch": aux}
+
+
+# -- the staged, resumable loop ----------------------------------------------------------------------
+def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, device: str = "cpu",
+          minutes: float | None = None, max_steps: int | None = None, save_every: int = 100, eval_every: int = 500, eval_scenes: int = 100,
+          threads: int | None = None, log=print) -> dict:
+    """Run (or resume) the recipe; returns {"finished", "stage", "step", "history", "minutes", "vlm", "clip"}.
+
+    `minutes` bounds this call's wall time and `max_steps` its optimizer steps (over all stages): when
+    either is reached the state is saved and `finished` is False, and calling again with the same
+    `out` goes on exactly where it stopped. `recipe` must match the checkpoint's (a `VTAError` otherwise).
+    """
+    from .errors import VTAError
+
+    recipe = recipe or Recipe()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    proc = demo.processor()
+    torch.manual_seed(recipe.seed)
+    clip = transformers.CLIPModel(demo.clip_config(proc)).to(device)
+    chead = patch_head(clip).to(device)
+    ckpt_path = out / "checkpoint.pt"
+    state = torch.load(ckpt_path, weights_only=False, map_location=device) if ckpt_path.is_file() else None
+    if state is not None and state["recipe"] != asdict(recipe):
+        raise VTAError(f"{ckpt_path} was written by another recipe ({state['recipe']}); resume with that recipe "
+                       "or train into a new folder.")
+    stage, step = ("clip", 0) if state is None else (state["stage"], state["step"])
+    history, spent = ([], 0.0) if state is None else (state["history"], state["minutes"])
+    if state is not None:
+        clip.load_state_dict(state["clip"])
+        log(f"resumed: stage {stage}, step {step}, {spent:.1f} min so far")
+    vlm = head = None
+    t_start, taken = time.perf_counter(), 0
+
+    def elapsed() -> float:
+        return spent + (time.perf_counter() - t_start) / 60
+
+    while stage != "done":
+        total = recipe.steps(stage)
+        if stage == "clip":
+            params, lr = [*clip.parameters(), *chead.parameters()], recipe.clip_lr
+            if state is not None and "clip_head" in state:
+                chead.load_state_dict(state["clip_head"])
+        else:
+            if vlm is None:
+                vlm = llava_from(clip, proc, recipe.seed, device)
+                head = position_head(vlm).to(device)
+                if state is not None and "llava" in state:
+                    vlm.model.load_state_dict(state["llava"])
+                    head.load_state_dict(state["head"])
+                vlm.model.train()
+            params, lr = [p for p in [*vlm.model.parameters(), *head.parameters()] if p.requires_grad], recipe.lr
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.1 if stage == "clip" else 0.01)
+        if state is not None and state.get("opt_stage") == stage and step > 0:
+            opt.load_state_dict(state["opt"])
+        running: dict[str, float] = {}
+        first = TRAIN_SEED0 + STAGES.index(stage) * SEED_RANGE
+        while step < total:
+            if (minutes is not None and elapsed() - spent >= minutes) or (max_steps is not None and taken >= max_steps):
+                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed())
+                log(f"stopped at stage {stage} step {step}/{total} ({elapsed() - spent:.1f} min in this call); "
+                    "run again to resume")
+                return {"finished": False, "stage": stage, "step": step, "history": history, "minutes": elapsed(),
+                        "vlm": vlm, "clip": clip}
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, lr, warmup=min(recipe.warmup, max(1, total // 10)))
+            if stage == "clip":
+                n = recipe.clip_batch
+                scenes = [shapes.scene(s) for s in range(first + step * n, first + (step + 1) * n)]
+                loss, parts = clip_loss(clip, chead, proc, scenes, recipe.patch_weight, device)
+            else:
+                n = recipe.batch_size
+                seeds = list(range(first + step * n, first + (step + 1) * n))
+                b = caption_batch(vlm, seeds) if stage == "align" else \
+                    batch(vlm, seeds, random.Random(recipe.seed * 7919 + step), recipe.caption_p)
+                loss, parts = llm_loss(vlm, head, {k: v.to(device) for k, v in b.items()}, recipe.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step, taken = step + 1, taken + 1
+            # one host read per optimizer step (outside any forward): the running means for the log
+            for k, v in {"loss": loss, **parts}.items():
+                x = float(v.detach())  # ok-host: training log, once per step
+                running[k] = x if k not in running else 0.95 * running[k] + 0.05 * x
+            if step % 25 == 0:
+                log(f"{stage} {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in running.items()) +
+                    f" {elapsed():.1f} min")
+            if step % eval_every == 0 or step == total:
+                metrics = clip_eval(clip, proc, device=device) if stage == "clip" else \
+                    quick_eval(vlm, n_scenes=eval_scenes) if stage == "instruct" else {}
+                history.append({"stage": stage, "step": step, "minutes": elapsed(), **running, **metrics})
+                log(json.dumps(history[-1]))
+            if step % save_every == 0 or step == total:
+                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed())
+        stage, step = (STAGES[STAGES.index(stage) + 1] if stage != STAGES[-1] else "done"), 0
+        state = None  # the next stage starts from the models in memory, with a fresh optimizer
+        _save(ckpt_path, recipe, stage, 0, clip, chead, vlm, head, None, history, elapsed())
+    if vlm is None:  # resumed a finished run
+        vlm = llava_from(clip, proc, recipe.seed, device)
+        vlm.model.load_state_dict(torch.load(ckpt_path, weights_only=False, map_location=device)["llava"])
+    vlm.model.eval()
+    clip.eval()
+    return {"finished": True, "stage": "done", "step": 0, "history": history, "minutes": elapsed(), "vlm": vlm,
+            "clip": clip}
+
+
+def _save(path, recipe, stage, step, clip, chead, vlm, head, opt, history, minutes) -> None:
+    state = {"recipe": asdict(recipe), "stage": stage, "step": step, "clip": clip.state_dict(),
+             "clip_head": chead.state_dict(), "history": history, "minutes": minutes,
+             "opt_stage": stage if opt is not None else None, "opt": opt.state_dict() if opt is not None else None}
+    if vlm is not None:
+        state["llava"], state["head"] = vlm.model.state_dict(), head.state_dict()
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def save(result: dict, target: str | Path, recipe: Recipe, device: str) -> Path:
+    """The trained LLaVA in Hugging Face format at `target` (shards of at most 15 MB) and its CLIP
+    (vision + text encoder, with a tokenizer and image processor) at `target/clip`, with
+    `training.json` (recipe, stage history, wall minutes, device)."""
+    target = Path(target)
+    vlm, clip = result["vlm"], result["clip"]
+    vlm.model.save_pretrained(target, max_shard_size="15MB")
+    vlm.processor.save_pretrained(target)
+    clip.save_pretrained(target / "clip", max_shard_size="15MB")
+    transformers.CLIPProcessor(image_processor=vlm.processor.image_processor,
+                               tokenizer=vlm.processor.tokenizer).save_pretrained(target / "clip")
+    dev = torch.cuda.get_device_name() if str(device).startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    (target / "training.json").write_text(json.dumps(
+        {"recipe": asdict(recipe), "device": dev, "wall_minutes": result["minutes"], "history": result["history"],
+         "torch": torch.__version__, "transformers": transformers.__version__}, indent=1))
+    return target
