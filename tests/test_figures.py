@@ -36,7 +36,11 @@ def test_every_figure_is_made_and_reruns_from_cache(demo_untrained, scenes, tmp_
     assert set(bias["tasks"]) == {"color", "count", "exist", "position", "shape", "small"} & set(bias["tasks"])
     assert len(bias["similarity"]) == len(bias["tasks"])
     acc = (out / "accuracy_vs_keep.csv").read_text().splitlines()
-    assert acc[0].startswith("method,keep,accuracy,flops_ratio") and acc[1].startswith("none,1.0")
+    assert acc[0].startswith("method,keep,accuracy,acc_low,acc_high,n,flops_ratio") and acc[1].startswith("none,1.0")
+    findings = json.loads((out / "findings.json").read_text())
+    assert {r["source"] for r in findings} >= {"AdaptPrune Tab. 1", "AdaptPrune Tab. 4", "AdaFV Tab. 8", "AdaptInfer"}
+    assert all(r["verdict"] in ("reproduced", "refuted", "inconclusive") for r in findings)
+    assert (out / "findings.md").read_text().count("\n| ") == len(findings) + 1  # header + one line per claim
 
     cache = sorted((out / "cache").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in cache}

@@ -11,8 +11,11 @@ scored and evaluated results are reused when their parameters match), so a rerun
     t2i_similarity    distribution of normalised cosine vs normalised inner product (AdaFV Fig. 3)
     coverage          tokens kept until the first / every relevant token is in (AdaFV Fig. 4)
     overlays          kept tokens per method and keep ratio (AdaptPrune Fig. 1, 6, 7; AdaFV Fig. 7)
-    accuracy_vs_keep  accuracy, FLOPs and prefill-time ratios per method and keep ratio, with the
-                      AdaptPrune Table 4 ablations dotted (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
+    accuracy_vs_keep  accuracy (95 % Wilson intervals) against the measured FLOPs ratio and against
+                      keep, per method, with the AdaptPrune Table 4 ablations dotted and the random
+                      baseline grey (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
+    findings          findings.md: each testable claim of the papers, measured, with a verdict
+                      (`vtanalysis.findings`)
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from .errors import VTAError
 from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint, output_folder
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
-           "accuracy_vs_keep")
+           "accuracy_vs_keep", "findings")
 METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "random")
 ABLATIONS = ("adaptprune-correction", "adaptprune-distance")  # AdaptPrune Table 4: one cue at a time
 KEEPS = (0.5, 0.25, 0.1)
@@ -87,6 +90,20 @@ class Context:
         self.key = {"model": vlm.name, "weights": model_fingerprint(vlm.model), "data": data_fingerprint(data),
                     "samples": samples, "code": code_fingerprint()}
 
+    def evaluation(self, method: str, keep: float, seed: int = 0, **knobs) -> dict:
+        """`evaluate` on the samples, once per (method, keep, seed, knobs): the cached result has
+        per-sample `hits` (1 = exact match, in sample order) instead of the predictions, so that two
+        runs can be compared pair-wise."""
+        from .evaluate import evaluate, normalise
+
+        def compute():
+            r = evaluate(self.vlm, self.samples, method=method, keep=keep, batch_size=self.batch_size,
+                         progress=self.progress, seed=seed, **knobs)
+            r["hits"] = [int(normalise(p) == normalise(s.answer)) for p, s in zip(r.pop("predictions"), self.samples)]
+            return r
+        name = f"eval-{method}-{keep}-seed{seed}" + ("-knobs" if knobs else "")  # the key tells knobs apart
+        return cached(self.cache, name, {**self.key, "knobs": knobs}, compute)
+
     def with_masks(self) -> tuple[list[Sample], list[np.ndarray]]:
         """Samples and their object masks: ground truth where the data has it (`extra.objects` +
         `targets`, as `data.shapes` writes), else SAM-2 masks grounded to the question by open_clip."""
@@ -131,7 +148,8 @@ def positional_bias(ctx: Context) -> list[Path]:
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    fig.suptitle(f"{ctx.vlm.name}: mean last-token attention on the image grid, per task (rows) and layer\n"
+    fig.suptitle(f"{ctx.vlm.name}: mean last-token attention on the image grid, per task (rows, n = {per_type} "
+                 f"samples each) and layer\n"
                  f"mean pairwise correlation across tasks r = {_off_diagonal_mean(sim):.2f}", fontsize=10)
     paths = save(fig, ctx.out, "positional_bias")
     fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2.5, 0.9 * len(names) + 1.8))
@@ -142,7 +160,7 @@ def positional_bias(ctx: Context) -> list[Path]:
         for j in range(len(names)):
             ax.text(j, i, f"{float(sim[i, j]):.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="Pearson r, mean over layers")
-    ax.set_title("Similarity of attention maps across tasks", fontsize=10)
+    ax.set_title(f"Similarity of attention maps across tasks (n = {per_type} per task)", fontsize=10)
     paths += save(fig, ctx.out, "positional_bias_similarity")
     per_layer = {f"{a}|{b}": pb.map_correlation(maps[a], maps[b]).tolist() for i, a in enumerate(names) for b in names[:i]}
     paths.append(write_json(ctx.out / "positional_bias.json", {
@@ -157,7 +175,9 @@ def _off_diagonal_mean(sim: torch.Tensor) -> float:
     return float((sim.sum() - sim.diagonal().sum()) / max(1, k * k - k)) if k > 1 else 1.0
 
 
-def inflection(ctx: Context) -> list[Path]:
+def inflection_result(ctx: Context) -> dict:
+    """Shift curves of the collection over the samples, their inflection layers and, per keep in
+    KEEPS, the AdaptInfer schedule they imply (or why there is none)."""
     from .analysis import inflection as inf
     from .collect.dataset import collect_dataset
     from .prune.budget import keep_count
@@ -166,19 +186,6 @@ def inflection(ctx: Context) -> list[Path]:
     collect_dataset(ctx.vlm, ctx.data, folder, batch_size=ctx.batch_size, limit=ctx.n, progress=ctx.progress)
     curves = inf.shift_curves(folder)
     found = inf.inflection_layers(curves)
-    titles = {"image_mass": "image attention mass of the last token", "js": "JS divergence, layer l-1 -> l",
-              "topk_overlap": "top-10% overlap, layer l-1 -> l"}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, (name, title) in zip(axes, titles.items()):
-        ax.plot(curves["layers"], curves[name], "o-", ms=3)
-        for c in found:
-            ax.axvline(c.layer, color="crimson", ls="--", lw=1)
-            ax.text(c.layer, ax.get_ylim()[1], f" {c.layer} ({c.confidence:.2f})", color="crimson", fontsize=7, va="top")
-        ax.set_xlabel("layer")
-        ax.set_title(title, fontsize=10)
-    fig.suptitle(f"{ctx.vlm.name}: cross-modal attention shift over {ctx.n} samples; dashed: inflection layers "
-                 "(confidence)", fontsize=10)
-    paths = save(fig, ctx.out, "inflection")
     n_image = ctx.vlm.prepare([ctx.samples[0].image], [ctx.samples[0].question]).layouts[0].n_image_tokens
     schedules = {}
     for keep in KEEPS:
@@ -186,10 +193,39 @@ def inflection(ctx: Context) -> list[Path]:
             schedules[str(keep)] = inf.schedule_from_inflections(found, ctx.vlm.num_layers, n_image, keep)
         except VTAError as err:
             schedules[str(keep)] = {"error": str(err)}
-    paths.append(write_json(ctx.out / "inflection.json", {
-        "curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
-        "inflections": [c.__dict__ for c in found], "n_image_tokens": n_image,
-        "budgets": {str(k): keep_count(k, n_image) for k in KEEPS}, "schedules": schedules}))
+    return {"curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
+            "inflections": [c.__dict__ for c in found], "n_image_tokens": n_image, "samples": len(ctx.samples),
+            "budgets": {str(k): keep_count(k, n_image) for k in KEEPS}, "schedules": schedules}
+
+
+def inflection(ctx: Context) -> list[Path]:
+    result = inflection_result(ctx)
+    curves, found = result["curves"], result["inflections"]
+    titles = {"image_mass": "image attention mass of the last token", "js": "JS divergence, layer l-1 -> l",
+              "topk_overlap": "top-10% overlap, layer l-1 -> l"}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    for ax, (name, title) in zip(axes, titles.items()):
+        ax.plot(curves["layers"], curves[name], "o-", ms=3)
+        for c in found:
+            ax.axvline(c["layer"], color="crimson", ls="--", lw=1)
+            ax.text(c["layer"], ax.get_ylim()[1], f" {c['layer']} ({c['confidence']:.2f})", color="crimson",
+                    fontsize=7, va="top")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+    lines = ["AdaptInfer schedules implied", "(prune after each inflection layer):", ""]
+    for keep, sched in result["schedules"].items():
+        budget = result["budgets"][keep]
+        lines.append(f"keep {keep} (budget {budget} of {result['n_image_tokens']}):")
+        lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
+                     "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
+    axes[3].axis("off")
+    axes[3].text(0, 1, "\n".join(lines), va="top", fontsize=7.5, family="monospace", transform=axes[3].transAxes)
+    marks = "dashed: inflection layers (confidence)" if found else "no inflection layer detected"
+    fig.suptitle(f"{ctx.vlm.name}: cross-modal attention shift, mean over n = {result['samples']} samples; {marks}",
+                 fontsize=10)
+    paths = save(fig, ctx.out, "inflection")
+    paths.append(write_json(ctx.out / "inflection.json", result))
     return paths
 
 
@@ -301,65 +337,83 @@ def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> l
     return paths
 
 
-def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> list[Path]:
-    from .evaluate import evaluate
+BASELINES = ("random",)  # drawn distinctly: the rows a method must beat
+
+
+def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> list[dict]:
+    """One row per (method, keep), plus the unpruned row: accuracy with its 95 % Wilson interval,
+    the measured FLOPs and prefill-time ratios and the per-type accuracies. A method that draws at
+    random is run with each of SEEDS: the row has the mean, the interval of the pooled answers
+    and the min-max over seeds."""
     from .prune.methods import get
 
-    methods = [m for m in methods if "cls" not in get(m).needs or ctx.vlm.adapter.has_cls]
-
-    def run(method, keep, seed=0):
-        def compute():
-            r = evaluate(ctx.vlm, ctx.samples, method=method, keep=keep, batch_size=ctx.batch_size,
-                         progress=ctx.progress, seed=seed)
-            r.pop("predictions")
-            return r
-        return cached(ctx.cache, f"eval-{method}-{keep}-seed{seed}", ctx.key, compute)
-
-    def row(method, keep):
-        """One row; a method that draws at random is run with each of SEEDS: the mean and the spread."""
-        if "seed" not in get(method).knobs:
-            return {"method": method, "keep": keep, **_row(run(method, keep), base)}
-        runs = [run(method, keep, seed) for seed in SEEDS]
-        accs = [r["accuracy"] for r in runs]
-        mean = {**runs[0], "accuracy": float(np.mean(accs))}
-        return {"method": method, "keep": keep, **_row(mean, base), "seeds": len(SEEDS),
-                "accuracy_min": min(accs), "accuracy_max": max(accs)}
-
-    base = run("none", 1.0)
+    base = ctx.evaluation("none", 1.0)
     rows = [{"method": "none", "keep": 1.0, **_row(base, base)}]
-    rows += [row(m, k) for m in methods for k in keeps]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for m in methods:
+        if "cls" in get(m).needs and not ctx.vlm.adapter.has_cls:
+            continue
+        for k in keeps:
+            if "seed" not in get(m).knobs:
+                rows.append({"method": m, "keep": k, **_row(ctx.evaluation(m, k), base)})
+                continue
+            runs = [ctx.evaluation(m, k, seed=seed) for seed in SEEDS]
+            accs = [r["accuracy"] for r in runs]
+            pooled = {**runs[0], "accuracy": float(np.mean(accs)), "hits": [h for r in runs for h in r["hits"]]}
+            rows.append({"method": m, "keep": k, **_row(pooled, base), "seeds": len(SEEDS),
+                         "accuracy_min": min(accs), "accuracy_max": max(accs)})
+    return rows
+
+
+def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> list[Path]:
+    rows = accuracy_rows(ctx, methods, keeps)
+    base = rows[0]
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    for m in dict.fromkeys(r["method"] for r in rows[1:]):
         mine = [r for r in rows if r["method"] == m]
-        style = ":" if m in ABLATIONS else "-"
-        x, acc = [r["keep"] for r in mine], [r["accuracy"] for r in mine]
-        if "seeds" in mine[0]:  # min-max over the seeds as error bars
-            spread = [[a - r["accuracy_min"] for a, r in zip(acc, mine)], [r["accuracy_max"] - a for a, r in zip(acc, mine)]]
-            axes[0].errorbar(x, acc, yerr=spread, fmt="o" + style, capsize=3, label=f"{m} (mean, min-max of {len(SEEDS)} seeds)")
-        else:
-            axes[0].plot(x, acc, "o" + style, label=m)
-        axes[1].plot(x, [r["flops_ratio"] for r in mine], "o" + style, label=m)
-    axes[0].axhline(base["accuracy"], color="black", ls="--", lw=1, label="unpruned")
-    axes[0].set_ylabel("exact-match accuracy")
-    axes[1].set_ylabel("prefill FLOPs / unpruned")
+        style = dict(ls=":" if m in ABLATIONS else "--" if m in BASELINES else "-",
+                     color="grey" if m in BASELINES else None, marker="s" if m in BASELINES else "o", ms=4)
+        acc = np.array([r["accuracy"] for r in mine])
+        err = np.clip([acc - [r["acc_low"] for r in mine], [r["acc_high"] for r in mine] - acc], 0, None)  # rounding at p = 0, 1
+        label = m + (f" (mean of {len(SEEDS)} seeds)" if "seeds" in mine[0] else "") + (" [baseline]" if m in BASELINES else "")
+        line = axes[0].errorbar([r["flops_ratio"] for r in mine], acc, yerr=err, capsize=2, lw=1.2, label=label, **style)
+        for r in mine:
+            axes[0].annotate(f"{r['keep']:g}", (r["flops_ratio"], r["accuracy"]), textcoords="offset points",
+                             xytext=(3, 3), fontsize=6, color=line[0].get_color())
+        axes[1].errorbar([r["keep"] for r in mine], acc, yerr=err, capsize=2, lw=1.2, label=label, **style)
     for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the keep ratios are labelled
-        ax.set_xlabel("share of image tokens kept")
-        ax.legend(fontsize=8)
-    axes[0].set_title(f"accuracy on {len(ctx.samples)} samples", fontsize=10)
-    axes[1].set_title("cost (formula FLOPs)", fontsize=10)
-    fig.suptitle(f"{ctx.vlm.name}: accuracy and cost vs keep ratio", fontsize=10)
+        ax.axhline(base["accuracy"], color="black", ls="--", lw=1, label=f"unpruned ({base['accuracy']:.3f})")
+        ax.set_ylabel("exact-match accuracy (95 % Wilson interval)")
+    axes[0].set_xlabel("measured prefill FLOPs / unpruned (point labels: keep)")
+    axes[0].set_title("accuracy at equal compute", fontsize=10)
+    axes[1].set_xscale("log")
+    axes[1].set_xticks(keeps, [f"{k:g}" for k in keeps])
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the keep ratios are labelled
+    axes[1].set_xlabel("share of image tokens kept")
+    axes[1].set_title("accuracy at equal keep", fontsize=10)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{ctx.vlm.name}: accuracy vs compute, n = {len(ctx.samples)} held-out samples per point", fontsize=10)
     paths = save(fig, ctx.out, "accuracy_vs_keep")
-    paths.append(write_csv(ctx.out / "accuracy_vs_keep.csv", rows))
+    paths.append(write_csv(ctx.out / "accuracy_vs_keep.csv", [{k: v for k, v in r.items() if k != "hits"} for r in rows]))
     return paths
 
 
 def _row(r: dict, base: dict) -> dict:
-    return {"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "prefill_s": r["prefill_s"],
+    from .analysis.stats import wilson
+
+    low, high = wilson(sum(r["hits"]), len(r["hits"]))  # a seeded method: its seeds' answers pooled
+    return {"accuracy": r["accuracy"], "acc_low": low, "acc_high": high, "n": r["samples"],
+            "flops_ratio": r["flops_ratio"], "prefill_s": r["prefill_s"],
             "time_ratio": r["prefill_s"] / base["prefill_s"] if base["prefill_s"] else float("nan"),
-            **{f"acc/{t}": v for t, v in r["per_type"].items()}}
+            **{f"acc/{t}": v for t, v in r["per_type"].items()}, "hits": r["hits"]}
+
+
+def findings(ctx: Context) -> list[Path]:
+    from . import findings as fd
+
+    scores = _scores(ctx) if ctx.vlm.adapter.has_cls else {"rows": []}
+    rows = fd.findings(ctx, scores, inflection_result(ctx))
+    path = atomic_write(ctx.out / "findings.md", lambda tmp: tmp.write_text(fd.markdown(rows, ctx.vlm.name, len(ctx.samples))))
+    return [path, write_json(ctx.out / "findings.json", rows)]
 
 
 def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | None = None, samples: int = 200,

@@ -1,0 +1,126 @@
+"""The findings table (`findings.md`, written by `vtanalysis figures`): each claim of the three papers
+that a model with object masks can test, the measured numbers with 95 % intervals, and a verdict.
+
+A comparison "A beats B" is measured on the same samples, so its interval is the paired one
+(`analysis.stats.paired`); the verdict follows `analysis.stats.verdict` (A > B: the interval of
+A - B above 0; A >= B: no deficit beyond 0.02 inside it; an interval below 0 refutes). A claim
+the model refutes is reported as refuted. Claims:
+
+    AdaptPrune Tab. 1   adaptprune > fastv at keep 0.1 (90 % of image tokens pruned)
+    AdaptPrune Tab. 4   adaptprune >= each ablation the registry has, at keep 0.1
+    AdaFV Tab. 8        adafv (adaptive mixture) >= adafv-fixed, >= adafv-t2i, >= fastervlm ([CLS] only)
+    AdaFV Fig. 2-4      on questions about the small object: text-guided (adafv-t2i) >= [CLS] (fastervlm)
+                        at keep 0.1, and the T2I AUC >= the [CLS] AUC on those questions
+    AdaFV Fig. 2        [CLS] saliency AUC against the object masks > 0.5
+    AdaptInfer          inflection layers exist; the schedule placed at them > the same number of
+                        stages placed evenly over the depth, at the same average image-token budget
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .analysis.stats import mean_interval, paired, verdict
+
+KEEP = 0.1
+SCHEDULE_KEEP = 0.25  # an AdaptInfer budget every depth can meet (0.1 is below some first-stage floors)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def compare(claim: str, source: str, a: dict, b: dict, *, at_least: bool, only=None, samples=None) -> dict:
+    """A claim row from two evaluations on the same samples (optionally restricted by `only(sample)`)."""
+    pick = [i for i, s in enumerate(samples)] if only is None else [i for i, s in enumerate(samples) if only(s)]
+    ha, hb = np.asarray(a["hits"])[pick], np.asarray(b["hits"])[pick]
+    d, low, high, n = paired(ha, hb)
+    measured = (f"{a['method']} {ha.mean():.3f} vs {b['method']} {hb.mean():.3f}; difference {d:+.3f} "
+                f"[{_fmt(low)}, {_fmt(high)}] (FLOPs {a['flops_ratio']:.2f} vs {b['flops_ratio']:.2f})")
+    return {"claim": claim, "source": source, "n": n, "measured": measured,
+            "verdict": verdict(low, high, at_least=at_least)}
+
+
+def _saliency_rows(scores: dict) -> list[dict]:
+    rows = scores["rows"]
+    out = []
+    cls = [r.get("cls/auc", math.nan) for r in rows]
+    m, low, high, n = mean_interval(cls)
+    out.append({"claim": "[CLS] saliency ranks the queried object's tokens above the rest (mean AUC > 0.5)",
+                "source": "AdaFV Fig. 2", "n": n, "measured": f"mean AUC {_fmt(m)} [{_fmt(low)}, {_fmt(high)}]",
+                "verdict": verdict(low - 0.5, high - 0.5) if n else "inconclusive"})
+    small = [r for r in rows if r["type"] == "small"]
+    if small and "cls/auc" in small[0]:
+        d, low, high, n = paired([r["t2i-cosine/auc"] for r in small], [r["cls/auc"] for r in small])
+        out.append({"claim": "on the small, non-salient object, T2I similarity finds its tokens at least as "
+                             "well as [CLS] saliency (AUC)", "source": "AdaFV Fig. 2-4", "n": n,
+                    "measured": f"AUC difference T2I - [CLS] {d:+.3f} [{_fmt(low)}, {_fmt(high)}]",
+                    "verdict": verdict(low, high, at_least=True)})
+    return out
+
+
+def _schedule_rows(ctx, result: dict) -> list[dict]:
+    from .analysis.inflection import schedule_from_inflections
+    from .errors import VTAError
+
+    found = result["inflections"]
+    layers = ", ".join(f"{c['layer']} ({c['confidence']:.2f})" for c in found) or "none"
+    rows = [{"claim": "the cross-modal attention shift has inflection layers", "source": "AdaptInfer",
+             "n": result["samples"], "measured": f"inflection layers (confidence): {layers}",
+             "verdict": "reproduced" if found else "refuted"}]
+    if not found:
+        return rows
+    n_layers, n_image = ctx.vlm.num_layers, result["n_image_tokens"]
+    at = [c["layer"] for c in found]
+    # the control: as many stages, evenly over the depth (a new stage starts after each of these layers)
+    even = [round((i + 1) * n_layers / (len(at) + 1)) - 1 for i in range(len(at))]
+    claim = (f"an AdaptInfer schedule placed at the inflection layers beats one with as many stages evenly "
+             f"over the depth, at the same average budget (keep {SCHEDULE_KEEP})")
+    if sorted(even) == sorted(at):
+        return rows + [{"claim": claim, "source": "AdaptInfer", "n": 0, "verdict": "inconclusive",
+                        "measured": f"the inflection layers {at} are the evenly spaced ones: no control"}]
+    try:
+        runs = [ctx.evaluation("adaptinfer", SCHEDULE_KEEP,
+                               **schedule_from_inflections(layers_, n_layers, n_image, SCHEDULE_KEEP))
+                for layers_ in (at, even)]
+    except VTAError as err:
+        return rows + [{"claim": claim, "source": "AdaptInfer", "n": 0, "verdict": "inconclusive",
+                        "measured": f"no schedule: {err}"}]
+    row = compare(claim, "AdaptInfer", *runs, at_least=False, samples=ctx.samples)
+    row["measured"] = f"after layers {at} vs {even}: " + row["measured"].replace("adaptinfer", "schedule")
+    return rows + [row]
+
+
+def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
+    """Every claim row: {"claim", "source", "n", "measured", "verdict"}."""
+    from .prune.methods import get
+
+    ev, samples = ctx.evaluation, ctx.samples
+    rows = [compare("AdaptPrune beats FastV at 90 % pruning", "AdaptPrune Tab. 1", ev("adaptprune", KEEP),
+                    ev("fastv", KEEP), at_least=False, samples=samples)]
+    for ablation in ("adaptprune-correction", "adaptprune-distance"):
+        rows.append(compare(f"full AdaptPrune >= its ablation {ablation} ({get(ablation).summary.split(': ')[-1]})",
+                            "AdaptPrune Tab. 4", ev("adaptprune", KEEP), ev(ablation, KEEP), at_least=True,
+                            samples=samples))
+    if ctx.vlm.adapter.has_cls:
+        for other, what in (("adafv-fixed", "the fixed half-half mixture"), ("adafv-t2i", "T2I similarity alone"),
+                            ("fastervlm", "[CLS] saliency alone")):
+            rows.append(compare(f"AdaFV's adaptive mixture >= {what} ({other})", "AdaFV Tab. 8",
+                                ev("adafv", KEEP), ev(other, KEEP), at_least=True, samples=samples))
+        rows.append(compare("on questions about the small object, text-guided selection (adafv-t2i) >= text-agnostic "
+                            "[CLS] selection (fastervlm)", "AdaFV Fig. 2-4", ev("adafv-t2i", KEEP),
+                            ev("fastervlm", KEEP), at_least=True, only=lambda s: s.type == "small", samples=samples))
+        rows += _saliency_rows(scores)
+    rows += _schedule_rows(ctx, inflection)
+    return rows
+
+
+def markdown(rows: list[dict], model: str, n: int) -> str:
+    lines = [f"# Findings on {model}", "",
+             f"n = {n} held-out samples (fewer where a claim is about one question type); keep {KEEP} unless "
+             "stated; 95 % intervals in brackets, paired over the same samples for differences. "
+             "Verdicts: reproduced / refuted / inconclusive (see `vtanalysis.findings`).", "",
+             "| claim | source | n | measured | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['source']} | {r['n']} | {r['measured']} | **{r['verdict']}** |" for r in rows]
+    return "\n".join(lines) + "\n"
