@@ -49,7 +49,7 @@ def test_keep_all_equals_unpruned(vlm4, images, method):
 @pytest.mark.parametrize("method,knobs", [
     ("fastv", {}), ("adaptprune", {}), ("random", {}), ("max-3x3", {}), ("pyramiddrop", dict(ratios=(1.0, 1.0, 1.0))),
     ("adaptinfer", dict(counts=[10**6, 10**6])), ("fitprune", {}), ("sparsevlm", dict(counts=[10**6] * 3)),
-    ("fastervlm", {}), ("adafv", {}), ("adafv-fixed", {}), ("adafv-t2i", {}), ("visionzip", {})])
+    ("fastervlm", {}), ("adafv", {}), ("adafv-fixed", {}), ("adafv-t2i", {}), ("visionzip", {}), ("divprune", {}), ("scope", {}), ("uniform", {})])
 def test_stages_that_keep_every_token_equal_unpruned(vlm4, images, method, knobs, monkeypatch):
     """The engine's own path (gathers, masks, positions, merges), forced to run at keep=1.0
     (which `run` otherwise short-cuts to the unpruned model), changes nothing."""
@@ -110,7 +110,8 @@ def test_fastv_equals_hand_built_reference(vlm4, images, layer):
 @pytest.mark.parametrize("method,knobs", [("fastv", {"keep": 0.25}), ("adaptprune", {"keep": 0.25}),
                                           ("pyramiddrop", {"keep": 0.5}), ("adaptinfer", {"keep": 0.3}),
                                           ("adafv", {"keep": 0.25}), ("visionzip", {"keep": 0.3}),
-                                          ("adafv-t2i", {"keep": 0.25})])
+                                          ("adafv-t2i", {"keep": 0.25}), ("divprune", {"keep": 0.25}),
+                                          ("scope", {"keep": 0.25}), ("uniform", {"keep": 0.25})])
 def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
     knobs = knobs_for(vlm4, method, knobs)
     batch = vlm4.prepare(images, QUESTIONS)
@@ -122,7 +123,8 @@ def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer", "adafv", "visionzip", "adafv-t2i"])
+@pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer", "adafv", "visionzip", "adafv-t2i", "divprune",
+                                    "scope", "uniform"])
 def test_batch_of_three_equals_three_single_runs(vlm4, images, method):
     knobs = knobs_for(vlm4, method, {})
     batch = vlm4.prepare(images, QUESTIONS)

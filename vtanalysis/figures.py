@@ -214,7 +214,9 @@ def inflection(ctx: Context) -> list[Path]:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
     lines = ["AdaptInfer schedules implied", "(prune after each inflection layer):", ""]
-    for keep, sched in result["schedules"].items():
+    if not found:
+        lines = ["no inflection layer detected:", "no AdaptInfer schedule follows", "(use a single-stage method)"]
+    for keep, sched in result["schedules"].items() if found else ():
         budget = result["budgets"][keep]
         lines.append(f"keep {keep} (budget {budget} of {result['n_image_tokens']}):")
         lines.append(f"  {sched['error'][:60]}..." if "error" in sched else

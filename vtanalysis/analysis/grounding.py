@@ -25,18 +25,54 @@ def _require(module: str):
                        "pip install \"vtanalysis[saliency]\"") from err
 
 
+class HFClip:
+    """open_clip's interface (`encode_image`, `encode_text`, a preprocess and a tokenizer) over a
+    transformers `CLIPModel` and its processor; `text_suffix` is appended to every text (the demo's
+    word tokenizer adds no end token, and its text encoder pools at "</s>")."""
+
+    def __init__(self, model, processor, text_suffix: str = ""):
+        self.model, self.processor, self.text_suffix = model, processor, text_suffix
+
+    def eval(self) -> "HFClip":
+        self.model.eval()
+        return self
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+
+    def tokenizer(self, texts: list[str]):
+        return self.processor.tokenizer([t + self.text_suffix for t in texts], padding=True, return_tensors="pt")
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values=pixels.to(self.model.device)).pooler_output
+
+    def encode_text(self, enc) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=enc["input_ids"].to(self.model.device),
+                                            attention_mask=enc["attention_mask"].to(self.model.device)).pooler_output
+
+
 class Grounder:
-    """Question-grounded object masks from a SAM-2 image predictor and an open_clip model.
+    """Question-grounded object masks from a SAM-2 image predictor and a CLIP.
 
     Args:
-        sam: a `sam2.sam2_image_predictor.SAM2ImagePredictor`.
-        clip: an open_clip model with `encode_image` / `encode_text`; `preprocess` its image
-            transform and `tokenizer` its tokenizer.
+        sam: a `sam2.sam2_image_predictor.SAM2ImagePredictor`, or None when the candidate masks are
+            always given (`mask(..., proposals=)`).
+        clip: an open_clip model with `encode_image` / `encode_text` (or an `HFClip`); `preprocess`
+            its image transform and `tokenizer` its tokenizer.
     """
 
     def __init__(self, sam, clip, preprocess, tokenizer, *, points_per_side: int = 4, min_score: float = 0.5):
         self.sam, self.clip, self.preprocess, self.tokenizer = sam, clip.eval(), preprocess, tokenizer
         self.points_per_side, self.min_score = points_per_side, min_score
+
+    @classmethod
+    def from_demo(cls, **kw) -> "Grounder":
+        """The demo model's own contrastive CLIP (`demo_weights/clip`), offline; no SAM-2, so the
+        candidate masks are passed to `mask(..., proposals=)` (e.g. a scene's object masks)."""
+        from ..models import demo
+
+        clip = HFClip(*demo.clip(), text_suffix=" </s>")
+        return cls(None, clip, clip.preprocess, clip.tokenizer, **kw)
 
     @classmethod
     def from_pretrained(cls, sam: str = "facebook/sam2.1-hiera-tiny", clip: str = "ViT-B-32",
@@ -73,9 +109,21 @@ class Grounder:
         sims = (img @ txt.T)[:, 0]
         return int(sims.argmax()), sims.numpy()
 
-    def mask(self, image, text: str) -> np.ndarray:
-        """[H, W] bool mask of the object `text` asks about; all False when SAM-2 finds nothing."""
+    def mask(self, image, text: str, proposals: np.ndarray | None = None) -> np.ndarray:
+        """[H, W] bool mask of the object `text` asks about; all False when SAM-2 finds nothing.
+
+        `proposals` [P, H, W] bool: choose among these masks instead of SAM-2's (all count as sure).
+        """
         image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        if proposals is not None:
+            proposals = np.asarray(proposals, dtype=bool)
+            proposals = proposals[proposals.any(axis=(1, 2))]
+            if not len(proposals):
+                return np.zeros(image.shape[:2], dtype=bool)
+            return proposals[self.choose(image, proposals, text)[0]]
+        if self.sam is None:
+            raise VTAError("this Grounder has no SAM-2 predictor (Grounder.from_demo): pass the candidate masks "
+                           "as proposals=, or use Grounder.from_pretrained().")
         masks, scores = self.proposals(image)
         masks, scores = masks[masks.any(axis=(1, 2))], scores[masks.any(axis=(1, 2))]
         threshold = self.min_score

@@ -94,5 +94,17 @@ def untrained(seed: int = 0, shape: Shape = SMALL):
     return VLM(model, proc, name="demo (untrained)")
 
 
+def clip():
+    """The deep demo's CLIP (vision tower + text encoder, trained contrastively; `train_deep`) and its
+    processor, from `WEIGHTS / "clip"`."""
+    if not (WEIGHTS / "clip" / "config.json").is_file():
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"no demo CLIP in {WEIGHTS / 'clip'}: the shipped demo predates it; "
+                                    "`vtanalysis train-demo --recipe deep` makes one.")
+    model = transformers.CLIPModel.from_pretrained(WEIGHTS / "clip")
+    return model.eval(), transformers.CLIPProcessor.from_pretrained(WEIGHTS / "clip")
+
+
 def available() -> bool:
     return (WEIGHTS / "config.json").is_file() and any(WEIGHTS.glob("*.safetensors"))

@@ -67,6 +67,8 @@ class StageInputs:
             layer 0 (projected features; at a pre-LLM stage these are the current tokens).
         saliency: [n] vision [CLS] attention (NaN at newline tokens).
         vision_keys: [n, d] head-mean vision keys at the feature layer (NaN at newline tokens).
+        vision_features: [n, Dv] the patch tokens' vision hidden states at the feature layer, the
+            projector's input (methods needing "vision_features"; NaN at newline tokens).
     """
 
     columns: torch.Tensor
@@ -87,6 +89,7 @@ class StageInputs:
     image_embeds: torch.Tensor | None = None
     saliency: torch.Tensor | None = None
     vision_keys: torch.Tensor | None = None
+    vision_features: torch.Tensor | None = None
 
 
 def split_newlines(inputs: StageInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,6 +447,8 @@ class Pruner:
         inputs.image_embeds = hidden[b, img].float()
         if "cls" in self.needs:
             inputs.saliency, inputs.vision_keys = self.vision.columns(self.batch)[b]
+        if "vision_features" in self.needs:
+            inputs.vision_features = self.vision.feature_columns(self.batch)[b]
 
     # -- masks and positions ------------------------------------------------------------------------
     def _needs_mask(self, s: int) -> bool:

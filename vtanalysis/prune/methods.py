@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, fastv, plugins, visionzip
+from . import adafv, adaptinfer, adaptprune, diversity, fastv, plugins, visionzip
 from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 
@@ -395,6 +395,48 @@ def pick_fixed_mixture(inputs, patches, k, dedupe=True):
     return adafv.select(_t2i(inputs, patches, cosine=True), inputs.saliency[patches], k, min_share=0.5, dedupe=dedupe)
 
 
+def choose_divprune(inputs, keep, stage):
+    """DivPrune over every image token the LLM would receive (LLaVA-NeXT newlines are candidates
+    too, as in the authors' code), kept in sequence order."""
+    return diversity.divprune(inputs.image_embeds, keep).sort().values
+
+
+def pick_scope(inputs, patches, k, alpha=1.0):
+    return diversity.scope(inputs.vision_features[patches], inputs.saliency[patches], k, alpha)
+
+
+def lattice(h: int, w: int, k: int, device) -> torch.Tensor:
+    """k row-major indices into an h x w grid, spread evenly in 2-D: the centres of an r x c lattice
+    (r / c close to h / w, r * c >= k), of which k are taken at even strides. Host integers only."""
+    k = min(k, h * w)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    r = min(h, max(1, round((k * h / w) ** 0.5)))
+    c = min(w, -(-k // r))
+    r = max(r, -(-k // c))
+    rows = ((torch.arange(r, device=device) + 0.5) * h / r).long()
+    cols = ((torch.arange(c, device=device) + 0.5) * w / c).long()
+    points = (rows[:, None] * w + cols[None, :]).flatten()
+    return points[(torch.arange(k, device=device) * (r * c)) // k]
+
+
+def choose_uniform(inputs, keep, stage):
+    """Spatially uniform selection: each grid keeps its share of the budget (in proportion to its
+    tokens, largest remainders first) on an even 2-D lattice; LLaVA-NeXT newlines are kept on top."""
+    newlines, _ = split_newlines(inputs)
+    grids = inputs.grids or [(0, 1, len(inputs.columns) - len(newlines))]
+    sizes = [h * w for _, h, w in grids]
+    budget = keep - len(newlines)
+    shares = [budget * n / sum(sizes) for n in sizes]
+    counts = [int(x) for x in shares]
+    for g in sorted(range(len(grids)), key=lambda g: counts[g] - shares[g])[: budget - sum(counts)]:
+        counts[g] += 1
+    device = inputs.columns.device
+    picked = torch.cat([newlines, *[start + lattice(h, w, k, device) for (start, h, w), k in zip(grids, counts)]])
+    rank = inputs.positions[picked] if inputs.positions is not None else picked
+    return picked[torch.argsort(rank, stable=True)]
+
+
 def choose_visionzip(inputs, keep, stage):
     return visionzip.choose(inputs)
 
@@ -443,6 +485,13 @@ for m in [
            choose_knobs=("dedupe",), ordered=True),
     Method("adafv-t2i", "AdaFV part: T2I similarity only (eq. 4), before the LLM", "pre", ("embeds",),
            among_patches(pick_t2i), pre_stage(), positions="renumber"),
+    Method("divprune", "DivPrune: greedy max-min diversity (1 - cosine) of the LLM's image embeddings, before the LLM",
+           "pre", ("embeds",), choose_divprune, pre_stage(rounding="round"), positions="renumber"),
+    Method("scope", "SCOPE: greedy coverage gain of vision features x [CLS] saliency^alpha, per crop, before the LLM",
+           "pre", ("cls", "vision_features"), among_patches(pick_scope), pre_stage(), positions="renumber",
+           choose_knobs=("alpha",)),
+    Method("uniform", "baseline: tokens evenly spaced in 2-D over each grid, before the LLM", "pre", (),
+           choose_uniform, pre_stage(rounding="round"), positions="renumber"),
     Method("visionzip", "VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
            "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip,
            ordered=True),

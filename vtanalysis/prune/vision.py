@@ -54,13 +54,15 @@ class VisionCapture:
         keys: [V, N, d] float32 head-mean keys of the patch tokens.
         cls_features: [V, Dv] the [CLS] token's hidden state at the output of that layer (what the
             projector would read for it; VisionZip feeds it to the LLM).
+        features: [V, N, Dv] the patch tokens' hidden states there (the projector's input; SCOPE's
+            similarity).
     """
 
     def __init__(self, vlm):
         self.vlm = vlm
         self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
-        self.saliency = self.keys = self.cls_features = None
-        self._columns = None
+        self.saliency = self.keys = self.cls_features = self.features = None
+        self._columns = self._features = None
 
     def columns(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per sample (saliency [n_image_tokens], keys [n_image_tokens, d]) on the model's device, in
@@ -71,6 +73,12 @@ class VisionCapture:
             keys = to_columns(self.vlm, batch, self.keys)
             self._columns = [(a[:, 0], k) for a, k in zip(sal, keys)]
         return self._columns
+
+    def feature_columns(self, batch) -> list[torch.Tensor]:
+        """Per sample [n_image_tokens, Dv] patch features in layout-column order (NaN at newlines)."""
+        if self._features is None:
+            self._features = to_columns(self.vlm, batch, self.features)
+        return self._features
 
     def _record(self, module, query, key, attention_mask, scaling):
         if self.saliency is not None:
@@ -86,7 +94,7 @@ class VisionCapture:
     def _record_cls(self, module, args, output):
         if self.cls_features is None:
             hidden = output[0] if isinstance(output, tuple) else output
-            self.cls_features = hidden[:, 0]
+            self.cls_features, self.features = hidden[:, 0], hidden[:, 1:]
 
     def __enter__(self):
         self._stack = ExitStack()

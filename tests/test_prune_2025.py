@@ -1,0 +1,135 @@
+"""Issue 22: the 2025 baselines on the engine - DivPrune, SCOPE and spatially uniform selection.
+
+Each authors' rule is checked against a straight transcription of the authors' function on the
+inputs the model really produces (DivPrune: the projector outputs the language model receives;
+SCOPE: the vision tower's feature-layer patch states and its eager [CLS] attention), and each
+method keeps exactly its budget on every family.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import QUESTIONS
+from vtanalysis import prune
+from vtanalysis.models import tiny
+from vtanalysis.prune import diversity
+from vtanalysis.prune.methods import lattice
+from vtanalysis.prune.run import _crop_budgets
+from vtanalysis.prune.vision import crop_columns
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny.build("llava", seed=2, num_layers=4)
+
+
+def authors_divprune(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """vbdi/divprune, `LLaVA/llava/model/llava_arch.py`, `DivPrune`, transcribed: D = 1 - cosine;
+    first pick = argmax over columns of the second-smallest entry; then argmax of the minimum
+    distance to the picked set; int(round(ratio * N)) picks, sorted."""
+    xn = x / x.norm(dim=-1, keepdim=True)
+    dist = 1 - xn @ xn.T
+    k = int(round(ratio * x.shape[0]))
+    picked = [int(torch.sort(dist, dim=0).values[1].argmax())]
+    for _ in range(1, k):
+        nearest = dist[picked].min(dim=0).values
+        picked.append(int(nearest.argmax()))
+    return torch.tensor(sorted(picked))
+
+
+def authors_scope(features: torch.Tensor, cls_attention: torch.Tensor, k: int, alpha: float = 1.0) -> torch.Tensor:
+    """kinredon/SCOPE, `scope/clip_encoder.py`, `SCOPE`, transcribed: S = cosine of the patch features;
+    m = 0; each step scores candidate c by sum_r max(0, S[r, c] - m_r) x saliency_c^alpha (saliency:
+    [CLS] attention summed over heads), takes the argmax among unpicked tokens, m = max(m, S[c])."""
+    f = F.normalize(features, dim=-1)
+    sim = f @ f.T
+    m = torch.zeros(len(f))
+    chosen = []
+    for _ in range(k):
+        gain = torch.clamp(sim - m[:, None], min=0).sum(0) * cls_attention ** alpha
+        gain[chosen] = float("-inf")
+        c = int(gain.argmax())
+        chosen.append(c)
+        m = torch.maximum(m, sim[c])
+    return torch.tensor(sorted(chosen))
+
+
+@torch.no_grad()
+def projected(vlm, batch) -> torch.Tensor:
+    """[n_image, D] the projector outputs the LLM receives for the first sample (LLaVA-1.5 order)."""
+    feats = vlm.model.model.get_image_features(pixel_values=batch.model_inputs["pixel_values"],
+                                               vision_feature_layer=vlm.config.vision_feature_layer,
+                                               vision_feature_select_strategy="default")
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return (feats[0] if isinstance(feats, (list, tuple)) else feats[0]).float()
+
+
+@pytest.mark.parametrize("keep", [0.098, 0.25])
+def test_divprune_equals_the_authors_greedy_on_the_projector_outputs(llava, images, keep):
+    batch = llava.prepare(images[:1], QUESTIONS[:1])
+    x = projected(llava, batch)
+    assert x.shape[0] == batch.layouts[0].n_image_tokens
+    want = authors_divprune(x, keep)
+    kept = prune.select("divprune", llava, batch, keep)[-1][0]
+    assert torch.equal(kept.sort().values.cpu(), want)
+    fastv = prune.select("fastv", llava, batch, keep)[-1][0]
+    assert not torch.equal(fastv.sort().values.cpu(), want)  # a different rule picks differently
+
+
+@pytest.mark.parametrize("keep", [6, 16])
+def test_scope_equals_the_authors_greedy(llava, images, keep):
+    batch = llava.prepare(images[1:2], QUESTIONS[1:2])
+    llava.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = llava.model.model.vision_tower(batch.model_inputs["pixel_values"], output_attentions=True,
+                                                 output_hidden_states=True)
+    finally:
+        llava.model.set_attn_implementation("sdpa")
+    layer = llava.config.vision_feature_layer
+    features = out.hidden_states[layer][0, 1:].float()
+    saliency = out.attentions[layer][0, :, 0, 1:].sum(0).float()  # summed over heads, as the authors
+    want = authors_scope(features, saliency, keep)
+    kept = prune.select("scope", llava, batch, keep)[-1][0]
+    assert torch.equal(kept.sort().values.cpu(), want)
+    plain = authors_scope(features, torch.ones_like(saliency), keep)  # coverage alone picks differently
+    assert not torch.equal(plain, want)
+
+
+def test_greedy_picks_are_distinct_even_for_duplicate_tokens():
+    """The authors' float16 DivPrune can pick an exact duplicate twice; ours never repeats a token."""
+    x = torch.randn(10, 8)
+    x[5] = x[3]
+    picks = diversity.divprune(x, 10)
+    assert sorted(picks.tolist()) == list(range(10))
+    assert sorted(diversity.scope(x, torch.rand(10), 10).tolist()) == list(range(10))
+
+
+def test_uniform_lattice_spreads_evenly_in_2d():
+    """64 of a 24 x 24 grid: the 8 x 8 product of rows and columns 3 apart (every third token in
+    2-D, not every ninth in raster order); any budget gets exactly its count of distinct tokens."""
+    idx = lattice(24, 24, 64, "cpu")
+    rows, cols = (idx // 24).unique(), (idx % 24).unique()
+    assert len(idx.unique()) == 64 and len(rows) == len(cols) == 8
+    assert rows.diff().tolist() == [3] * 7 and cols.diff().tolist() == [3] * 7
+    assert set(idx.tolist()) == {int(r) * 24 + int(c) for r in rows for c in cols}
+    for h, w, k in [(5, 7, 13), (24, 24, 576), (3, 3, 1), (12, 12, 14), (4, 12, 5)]:
+        assert len(set(lattice(h, w, k, "cpu").tolist())) == k
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl"])
+@pytest.mark.parametrize("method", ["divprune", "scope", "uniform"])
+def test_budgets_on_every_family(images, family, method):
+    """Kept counts equal the engine's budget on every family, batch of three with padding."""
+    vlm = tiny.build(family, seed=1, num_layers=4)
+    if "cls" in prune.get(method).needs and not vlm.adapter.has_cls:
+        pytest.skip("no vision [CLS] token in this family")
+    knobs = {"positions": "original"} if vlm.adapter.mrope else {}
+    batch = vlm.prepare(images, QUESTIONS)
+    res = prune.run(vlm, batch, method, 0.25, max_new_tokens=2, **knobs)
+    crops = crop_columns(vlm, batch)
+    want = [sum(_crop_budgets(vlm, prune.get(method), 0.25, {}, c)) + len(lay.newline_columns)
+            for c, lay in zip(crops, batch.layouts)]  # per crop, in the method's rounding, + newlines
+    assert res.kept_counts == [want]
+    for b in range(len(batch)):
+        assert len(set(res.kept[0][b].tolist())) == len(res.kept[0][b]) == res.kept_counts[0][b]
