@@ -1,8 +1,9 @@
-"""Issue 22: the 2025 baselines on the engine - DivPrune, SCOPE and spatially uniform selection.
+"""Issue 22: the 2025 baselines on the engine - DivPrune, SCOPE, DART and spatially uniform selection.
 
 Each authors' rule is checked against a straight transcription of the authors' function on the
 inputs the model really produces (DivPrune: the projector outputs the language model receives;
-SCOPE: the vision tower's feature-layer patch states and its eager [CLS] attention), and each
+SCOPE: the vision tower's feature-layer patch states and its eager [CLS] attention; DART: layer K-1's
+keys after RoPE and the final-normed states entering layer K, recomputed by hand), and each
 method keeps exactly its budget on every family.
 """
 import pytest
@@ -118,7 +119,7 @@ def test_uniform_lattice_spreads_evenly_in_2d():
 
 
 @pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl"])
-@pytest.mark.parametrize("method", ["divprune", "scope", "uniform"])
+@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart"])
 def test_budgets_on_every_family(images, family, method):
     """Kept counts equal the engine's budget on every family, batch of three with padding."""
     vlm = tiny.build(family, seed=1, num_layers=4)
@@ -127,9 +128,64 @@ def test_budgets_on_every_family(images, family, method):
     knobs = {"positions": "original"} if vlm.adapter.mrope else {}
     batch = vlm.prepare(images, QUESTIONS)
     res = prune.run(vlm, batch, method, 0.25, max_new_tokens=2, **knobs)
-    crops = crop_columns(vlm, batch)
-    want = [sum(_crop_budgets(vlm, prune.get(method), 0.25, {}, c)) + len(lay.newline_columns)
-            for c, lay in zip(crops, batch.layouts)]  # per crop, in the method's rounding, + newlines
+    if prune.get(method).where == "pre":
+        crops = crop_columns(vlm, batch)
+        want = [sum(_crop_budgets(vlm, prune.get(method), 0.25, {}, c)) + len(lay.newline_columns)
+                for c, lay in zip(crops, batch.layouts)]  # per crop, in the method's rounding, + newlines
+    else:
+        want = [round(0.25 * lay.n_image_tokens) for lay in batch.layouts]
     assert res.kept_counts == [want]
     for b in range(len(batch)):
         assert len(set(res.kept[0][b].tolist())) == len(res.kept[0][b]) == res.kept_counts[0][b]
+
+
+def authors_dart(keys, states, image, after, keep, image_pivots=4, text_pivots=4):
+    """DART's `get_retained_image_token` (ZichenWen1/DART via Chenfei-Liao/VTC-Bench `external/DART`,
+    `modeling_llama_self.py`), transcribed on absolute positions: pivots = top key-L1-norm image
+    tokens and text tokens after the image; per pivot, the least cosine-similar image tokens among
+    those left; image pivots kept. Two documented deviations are applied (`prune.dart`): pivots are
+    visited image first then text, by descending norm (not CPython set order), and the picks are
+    split so that exactly `keep` tokens remain."""
+    norm = keys.abs().sum(-1)
+    img_piv = [image[i] for i in torch.topk(norm[image], image_pivots).indices.tolist()]
+    txt_piv = [after[i] for i in torch.topk(norm[after], text_pivots).indices.tolist()]
+    pivots, rest = img_piv + txt_piv, keep - image_pivots
+    per = [rest // len(pivots) + (i < rest % len(pivots)) for i in range(len(pivots))]
+    pool = [p for p in image.tolist() if p not in img_piv]
+    kept = list(img_piv)
+    for p, t in zip(pivots, per):
+        sims = torch.stack([F.cosine_similarity(states[p], states[q], dim=0) for q in pool])
+        take = [pool[i] for i in torch.topk(-sims, t).indices.tolist()]
+        kept += take
+        pool = [q for q in pool if q not in take]
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("keep", [12, 30])
+def test_dart_equals_the_authors_pivots_and_duplicates(llava, images, keep):
+    """Keys of layer K-1 after RoPE and the final-normed states entering layer K, recomputed by hand
+    from an unpruned forward's hidden states."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    batch = llava.prepare(images[:1], QUESTIONS[:1])
+    lay = batch.layouts[0]
+    lm = llava.adapter.language_model(llava.model)
+    with torch.no_grad():
+        out = llava.model(**batch.model_inputs, output_hidden_states=True)
+        k_layer = 2
+        attn = llava.decoder_layers[k_layer - 1].self_attn
+        x = llava.decoder_layers[k_layer - 1].input_layernorm(out.hidden_states[k_layer - 1])
+        length = x.shape[1]
+        keys = attn.k_proj(x).view(1, length, -1, attn.head_dim).transpose(1, 2)
+        cos, sin = lm.rotary_emb(x, position_ids=torch.arange(length)[None])
+        plain = keys[0].transpose(0, 1).flatten(1)
+        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
+        keys = keys[0].transpose(0, 1).flatten(1)  # [L, H d], heads concatenated
+        states = lm.norm(out.hidden_states[k_layer])[0]
+    image = lay.image_positions.cpu()
+    after = torch.arange(int(image.max()) + 1, length)
+    want = authors_dart(keys, states, image, after, keep)
+    kept = prune.select("dart", llava, batch, keep)[-1][0]
+    assert sorted(image[kept.cpu()].tolist()) == want
+    assert len(want) == keep
+    assert authors_dart(plain, states, image, after, keep) != want  # the pivots read keys after RoPE

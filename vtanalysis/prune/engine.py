@@ -57,6 +57,9 @@ class StageInputs:
             the indices of its patch tokens (ascending) and how many of them to keep; the stage keeps
             sum(crop_keep) + the newline tokens.
         last_row: [n] head-mean attention of the last prompt token over the current image tokens (layer K-1).
+        prev_keys: [n + T, H x d] layer K-1's keys after RoPE of the current image tokens, then of the
+            text tokens after the image (methods needing "prev_keys").
+        normed_hidden: [n + T, D] the states entering layer K through the model's final norm, same rows.
         text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
         text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
         image_to_image: [H, n, n] per-head attention among the image tokens (methods needing "image_rows").
@@ -90,6 +93,11 @@ class StageInputs:
     saliency: torch.Tensor | None = None
     vision_keys: torch.Tensor | None = None
     vision_features: torch.Tensor | None = None
+    prev_keys: torch.Tensor | None = None
+    normed_hidden: torch.Tensor | None = None
+
+
+ROW_NEEDS = ("last_row", "text_rows", "image_rows")  # choosers that read layer K-1's attention rows
 
 
 def split_newlines(inputs: StageInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +144,10 @@ class Pruner:
             AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "own_rows" (rows from
             layer K's own q/k on the states entering it, not layer K-1's: PyramidDrop), "cls" (vision [CLS]
             attention; the caller runs a `vision.VisionCapture` passed as `vision`), "embeds" (the LLM input
-            embeddings of text and image tokens, also at in-LLM stages: SparseVLM).
+            embeddings of text and image tokens, also at in-LLM stages: SparseVLM), "prev_keys" (layer
+            K-1's keys after RoPE, heads concatenated: DART's pivots), "normed_hidden" (the states
+            entering layer K through the model's final norm: DART's similarity). Attention rows are
+            computed only for choosers that read them ("last_row", "text_rows", "image_rows").
         vision: the `VisionCapture` of this run, for a pre-LLM stage needing "cls".
         pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
         crops: pre-LLM stages with per-crop budgets (`Stage.per_crop`): per sample, per crop, its
@@ -218,8 +229,9 @@ class Pruner:
         if "embeds" in self.needs and self.stages and self.stages[0].layer > 0:
             self._stack.enter_context(scoped(self.layers[0], "pre", self._on_input_embeds))
         own = "own_rows" in self.needs  # scores from layer K's own q/k instead (PyramidDrop)
+        tapped = not own and any(n in self.needs for n in (*ROW_NEEDS, "prev_keys"))
         self._stack.enter_context(tap_attention({self.layers[st.layer - 1].self_attn: self._tap(i)
-                                                 for i, st in enumerate(self.stages) if st.layer > 0 and not own}))
+                                                 for i, st in enumerate(self.stages) if st.layer > 0 and tapped}))
         return self
 
     def __exit__(self, *exc):
@@ -263,7 +275,9 @@ class Pruner:
             rows = text_idx
             if "image_rows" in self.needs:
                 rows = [torch.cat([t, img]) for t, img in zip(text_idx, self._prev(s)[2])]
-            self._rows[s] = (attention_rows(query, key, attention_mask, scaling, pad_rows(rows)), text_idx)
+            probs = attention_rows(query, key, attention_mask, scaling, pad_rows(rows)) \
+                if any(n in self.needs for n in ROW_NEEDS) else None
+            self._rows[s] = (probs, text_idx, key if "prev_keys" in self.needs else None)
         return callback
 
     def _prev(self, s: int):
@@ -420,19 +434,27 @@ class Pruner:
                 pass
         text_idx = self._text_index(s)
         rows = attention_rows(caught["query"], caught["key"], attention_mask, caught["scaling"], pad_rows(text_idx))
-        self._rows[s] = (rows, text_idx)
+        self._rows[s] = (rows, text_idx, None)
 
     def _attention_inputs(self, inputs: StageInputs, s: int, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the attention fields from layer K-1's rows (and keys from the hidden states entering K)."""
-        probs, text_idx = self._rows[s]  # [B, H, R, Lk]
-        n_text = len(text_idx[b])
-        p = probs[b].float()
-        text = p[:, :n_text]
-        inputs.last_row = text[:, -1, img].mean(0)
-        inputs.text_to_text = text[:, :, text_idx[b]]
-        inputs.text_to_image = text[:, :, img]
-        if "image_rows" in self.needs:
-            inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img]
+        probs, text_idx, keys = self._rows.get(s, (None, self._text_index(s), None))  # probs [B, H, R, Lk]
+        if probs is not None:
+            n_text = len(text_idx[b])
+            p = probs[b].float()
+            text = p[:, :n_text]
+            inputs.last_row = text[:, -1, img].mean(0)
+            inputs.text_to_text = text[:, :, text_idx[b]]
+            inputs.text_to_image = text[:, :, img]
+            if "image_rows" in self.needs:
+                inputs.image_to_image = p[:, n_text:n_text + len(img)][:, :, img]
+        if keys is not None or "normed_hidden" in self.needs:
+            rows = torch.cat([img, text_idx[b]])
+            if keys is not None:  # [B, H, L, d] -> [n + T, H d]
+                inputs.prev_keys = keys[b][:, rows].transpose(0, 1).flatten(1).float()
+            if "normed_hidden" in self.needs:
+                with torch.no_grad():
+                    inputs.normed_hidden = self.lm.norm(hidden[b, rows]).float()
         if "embeds" in self.needs:
             h = self._input_embeds[b]
             inputs.text_embeds, inputs.image_embeds = h[self.text_pos[b]].float(), h[self.image_pos[b]].float()

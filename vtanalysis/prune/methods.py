@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, diversity, fastv, plugins, visionzip
+from . import adafv, adaptinfer, adaptprune, dart, diversity, fastv, plugins, visionzip
 from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 
@@ -330,6 +330,10 @@ def choose_fitprune(inputs, keep, stage):
     return fastv.select(cross * self_term, keep)
 
 
+def choose_dart(inputs, keep, stage, image_pivots=dart.IMAGE_PIVOTS, text_pivots=dart.TEXT_PIVOTS):
+    return dart.select(inputs.prev_keys, inputs.normed_hidden, len(inputs.columns), keep, image_pivots, text_pivots)
+
+
 def sparsevlm_raters(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
     """SparseVLM's text raters (Gumpest/SparseVLMs, `LlamaDynamicvitModel.forward`), chosen once from
     the LLM input embeddings: r(t) = mean over image tokens v of softmax_over_text(v . t) (no scaling);
@@ -475,6 +479,9 @@ for m in [
            ("text_rows", "image_rows"), choose_fitprune, single_stage(adaptprune.LAYER)),
     Method("sparsevlm", "SparseVLM, prune only: text raters' attention at 3 stages, positions renumbered", "llm",
            ("text_rows", "embeds"), choose_sparsevlm, sparsevlm_plan, positions="renumber"),
+    Method("dart", "DART: per key-norm pivot (4 image + 4 text), the image tokens least similar to it, at layer K=2",
+           "llm", ("prev_keys", "normed_hidden"), choose_dart, single_stage(dart.LAYER, rounding="round"),
+           choose_knobs=("image_pivots", "text_pivots")),
     Method("fastervlm", "FasterVLM: top-k vision [CLS] attention, before the LLM", "pre", ("cls",),
            among_patches(pick_saliency), pre_stage(rounding="round"), positions="renumber"),
     Method("adafv", "AdaFV: self-adaptive mixture (SACMAM) of T2I similarity and [CLS] saliency, before the LLM",
