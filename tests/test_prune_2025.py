@@ -119,7 +119,7 @@ def test_uniform_lattice_spreads_evenly_in_2d():
 
 
 @pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl"])
-@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart"])
+@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart", "vispruner"])
 def test_budgets_on_every_family(images, family, method):
     """Kept counts equal the engine's budget on every family, batch of three with padding."""
     vlm = tiny.build(family, seed=1, num_layers=4)
@@ -189,3 +189,52 @@ def test_dart_equals_the_authors_pivots_and_duplicates(llava, images, keep):
     assert sorted(image[kept.cpu()].tolist()) == want
     assert len(want) == keep
     assert authors_dart(plain, states, image, after, keep) != want  # the pivots read keys after RoPE
+
+
+def authors_vispruner(features, attention, k, ratio):
+    """Theia-4869/VisPruner `encode_images`, transcribed (one crop): important = top int(k x ratio) by
+    head-mean [CLS] attention; the residual in descending-attention order; while more than
+    k - important remain: split alternately, drop the min(8, excess) a-tokens with the highest
+    max-cosine to b, new order = surviving a by score (descending) then b."""
+    t_imp = int(k * ratio)
+    t_div = k - t_imp
+    order = attention.argsort(descending=True, stable=True)
+    important, residual = order[:t_imp], order[t_imp:]
+    x = features / features.norm(dim=-1, keepdim=True)
+    while t_div > 0:
+        r = min(8, len(residual) - t_div)
+        if r <= 0:
+            break
+        a, b = residual[::2], residual[1::2]
+        scores = (x[a] @ x[b].T).max(dim=-1).values
+        distinct = scores.argsort(descending=True, stable=True)[r:]
+        residual = torch.cat([a[distinct], b])
+    return torch.cat([important, residual]).sort().values if t_div > 0 else important.sort().values
+
+
+@pytest.mark.parametrize("keep,ratio", [(32, 0.5), (16, 0.5), (24, 0.75)])
+def test_vispruner_equals_the_authors_rounds(llava, images, keep, ratio):
+    """On cases where the authors' code runs (even important count, at least 8 diverse tokens)."""
+    batch = llava.prepare(images[1:2], QUESTIONS[1:2])
+    llava.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = llava.model.model.vision_tower(batch.model_inputs["pixel_values"], output_attentions=True,
+                                                 output_hidden_states=True)
+    finally:
+        llava.model.set_attn_implementation("sdpa")
+    layer = llava.config.vision_feature_layer
+    want = authors_vispruner(out.hidden_states[layer][0, 1:].float(), out.attentions[layer][0, :, 0, 1:].mean(0),
+                             keep, ratio)
+    kept = prune.select("vispruner", llava, batch, keep, important_ratio=ratio)[-1][0]
+    assert torch.equal(kept.sort().values.cpu(), want)
+    top = prune.select("fastervlm", llava, batch, keep)[-1][0]
+    assert not torch.equal(top.sort().values.cpu(), want)  # the diverse half is not more of the top
+
+
+def test_vispruner_handles_the_budgets_the_authors_code_rejects():
+    """Odd residuals and fewer than 8 diverse tokens: exactly k distinct tokens."""
+    f, s = torch.randn(64, 16), torch.rand(64)
+    for k, ratio in [(19, 0.3), (6, 0.5), (63, 0.5), (64, 0.5), (1, 0.0)]:
+        picks = diversity.vispruner(f, s, k, ratio)
+        assert len(picks) == len(set(picks.tolist())) == k

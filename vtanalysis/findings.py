@@ -14,6 +14,8 @@ the model refutes is reported as refuted. Claims:
     AdaFV Fig. 2        [CLS] saliency AUC against the object masks > 0.5
     AdaptInfer          inflection layers exist; the schedule placed at them > the same number of
                         stages placed evenly over the depth, at the same average image-token budget
+    baselines           adaptprune and adafv > the random and spatially uniform selections at keep 0.1
+                        (2025 studies found such baselines competitive; issue 22)
 """
 from __future__ import annotations
 
@@ -113,7 +115,21 @@ def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
                             ev("fastervlm", KEEP), at_least=True, only=lambda s: s.type == "small", samples=samples))
         rows += _saliency_rows(scores)
     rows += _schedule_rows(ctx, inflection)
+    for method in ("adaptprune", "adafv") if ctx.vlm.adapter.has_cls else ("adaptprune",):
+        for baseline in ("random", "uniform"):
+            other = _seed_mean(ctx, baseline) if "seed" in get(baseline).knobs else ev(baseline, KEEP)
+            rows.append(compare(f"{method} beats the {baseline} baseline at keep {KEEP}", "baselines (issue 22)",
+                                ev(method, KEEP), other, at_least=False, samples=samples))
     return rows
+
+
+def _seed_mean(ctx, method: str) -> dict:
+    """A seeded method's hits averaged over the figures' seeds (a per-sample share in [0, 1])."""
+    from .figures import SEEDS
+
+    runs = [ctx.evaluation(method, KEEP, seed=seed) for seed in SEEDS]
+    hits = np.mean([r["hits"] for r in runs], axis=0)
+    return {**runs[0], "hits": hits.tolist(), "accuracy": float(hits.mean())}
 
 
 def markdown(rows: list[dict], model: str, n: int) -> str:

@@ -409,6 +409,10 @@ def pick_scope(inputs, patches, k, alpha=1.0):
     return diversity.scope(inputs.vision_features[patches], inputs.saliency[patches], k, alpha)
 
 
+def pick_vispruner(inputs, patches, k, important_ratio=0.5):
+    return diversity.vispruner(inputs.vision_features[patches], inputs.saliency[patches], k, important_ratio)
+
+
 def lattice(h: int, w: int, k: int, device) -> torch.Tensor:
     """k row-major indices into an h x w grid, spread evenly in 2-D: the centres of an r x c lattice
     (r / c close to h / w, r * c >= k), of which k are taken at even strides. Host integers only."""
@@ -497,6 +501,9 @@ for m in [
     Method("scope", "SCOPE: greedy coverage gain of vision features x [CLS] saliency^alpha, per crop, before the LLM",
            "pre", ("cls", "vision_features"), among_patches(pick_scope), pre_stage(), positions="renumber",
            choose_knobs=("alpha",)),
+    Method("vispruner", "VisPruner: top [CLS]-attention tokens + diverse ones left by rounds of duplicate removal, per crop",
+           "pre", ("cls", "vision_features"), among_patches(pick_vispruner), pre_stage(), positions="renumber",
+           choose_knobs=("important_ratio",)),
     Method("uniform", "baseline: tokens evenly spaced in 2-D over each grid, before the LLM", "pre", (),
            choose_uniform, pre_stage(rounding="round"), positions="renumber"),
     Method("visionzip", "VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
