@@ -14,7 +14,7 @@ from conftest import QUESTIONS
 from vtanalysis import prune
 from vtanalysis.models import tiny
 from vtanalysis.prune import diversity
-from vtanalysis.prune.methods import lattice
+from vtanalysis.prune.spatial import lattice
 from vtanalysis.prune.run import _crop_budgets
 from vtanalysis.prune.vision import crop_columns
 
@@ -109,17 +109,17 @@ def test_greedy_picks_are_distinct_even_for_duplicate_tokens():
 def test_uniform_lattice_spreads_evenly_in_2d():
     """64 of a 24 x 24 grid: the 8 x 8 product of rows and columns 3 apart (every third token in
     2-D, not every ninth in raster order); any budget gets exactly its count of distinct tokens."""
-    idx = lattice(24, 24, 64, "cpu")
+    idx = lattice(24, 24, 64, "cpu")[0]
     rows, cols = (idx // 24).unique(), (idx % 24).unique()
     assert len(idx.unique()) == 64 and len(rows) == len(cols) == 8
     assert rows.diff().tolist() == [3] * 7 and cols.diff().tolist() == [3] * 7
     assert set(idx.tolist()) == {int(r) * 24 + int(c) for r in rows for c in cols}
     for h, w, k in [(5, 7, 13), (24, 24, 576), (3, 3, 1), (12, 12, 14), (4, 12, 5)]:
-        assert len(set(lattice(h, w, k, "cpu").tolist())) == k
+        assert len(set(lattice(h, w, k, "cpu")[0].tolist())) == k
 
 
 @pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl"])
-@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart", "vispruner"])
+@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart", "vispruner", "pool"])
 def test_budgets_on_every_family(images, family, method):
     """Kept counts equal the engine's budget on every family, batch of three with padding."""
     vlm = tiny.build(family, seed=1, num_layers=4)
@@ -238,3 +238,31 @@ def test_vispruner_handles_the_budgets_the_authors_code_rejects():
     for k, ratio in [(19, 0.3), (6, 0.5), (63, 0.5), (64, 0.5), (1, 0.0)]:
         picks = diversity.vispruner(f, s, k, ratio)
         assert len(picks) == len(set(picks.tolist())) == k
+
+
+@pytest.mark.parametrize("keep", [16, 9])
+def test_pool_equals_block_means_on_the_shortened_sequence(llava, images, keep):
+    """`pool` at keep 16 on the 8 x 8 grid: a 4 x 4 lattice, each kept token the mean of its 2 x 2
+    block of input embeddings (at 9: 3 x 3 blocks of 3 or 2 rows / columns, as adaptive pooling
+    bins them), the LLM on the shortened sequence with renumbered positions."""
+    from test_prune_pre import short_sequence_logits
+
+    from reference import lm_inputs
+
+    batch = llava.prepare(images[:1], QUESTIONS[:1])
+    lay = batch.layouts[0]
+    (h, w) = lay.grids[0].shape
+    _, embeds, _ = lm_inputs(llava, batch)
+    grid = embeds[0, lay.image_positions].view(h, w, -1)
+    r = c = int(keep ** 0.5)
+    bins = [(i * h // r, -(-(i + 1) * h // r)) for i in range(r)]  # adaptive pooling's bin edges
+    cols = [(j * w // c, -(-(j + 1) * w // c)) for j in range(c)]
+    means = torch.stack([grid[a:b, d:e].mean((0, 1)) for a, b in bins for d, e in cols])
+    kept_cols = torch.tensor([int((i + 0.5) * h / r) * w + int((j + 0.5) * w / c) for i in range(r) for j in range(c)])
+    want = short_sequence_logits(llava, batch, means, kept_cols)
+    res = prune.run(llava, batch, "pool", keep, max_new_tokens=1)
+    assert torch.equal(res.kept[0][0].cpu(), kept_cols)
+    torch.testing.assert_close(res.logits, want, atol=1e-5, rtol=0)
+    uniform = prune.run(llava, batch, "uniform", keep, max_new_tokens=1)
+    assert torch.equal(uniform.kept[0][0], res.kept[0][0])
+    assert not torch.allclose(uniform.logits, res.logits, atol=1e-4)  # the pooling changed the input

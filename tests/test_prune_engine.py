@@ -49,7 +49,7 @@ def test_keep_all_equals_unpruned(vlm4, images, method):
 @pytest.mark.parametrize("method,knobs", [
     ("fastv", {}), ("adaptprune", {}), ("random", {}), ("max-3x3", {}), ("pyramiddrop", dict(ratios=(1.0, 1.0, 1.0))),
     ("adaptinfer", dict(counts=[10**6, 10**6])), ("fitprune", {}), ("sparsevlm", dict(counts=[10**6] * 3)),
-    ("fastervlm", {}), ("adafv", {}), ("adafv-fixed", {}), ("adafv-t2i", {}), ("visionzip", {}), ("divprune", {}), ("scope", {}), ("uniform", {}), ("dart", {}), ("vispruner", {})])
+    ("fastervlm", {}), ("adafv", {}), ("adafv-fixed", {}), ("adafv-t2i", {}), ("visionzip", {}), ("divprune", {}), ("scope", {}), ("uniform", {}), ("dart", {}), ("vispruner", {}), ("pool", {})])
 def test_stages_that_keep_every_token_equal_unpruned(vlm4, images, method, knobs, monkeypatch):
     """The engine's own path (gathers, masks, positions, merges), forced to run at keep=1.0
     (which `run` otherwise short-cuts to the unpruned model), changes nothing."""
@@ -112,7 +112,8 @@ def test_fastv_equals_hand_built_reference(vlm4, images, layer):
                                           ("adafv", {"keep": 0.25}), ("visionzip", {"keep": 0.3}),
                                           ("adafv-t2i", {"keep": 0.25}), ("divprune", {"keep": 0.25}),
                                           ("scope", {"keep": 0.25}), ("uniform", {"keep": 0.25}),
-                                          ("dart", {"keep": 0.25}), ("vispruner", {"keep": 0.25})])
+                                          ("dart", {"keep": 0.25}), ("vispruner", {"keep": 0.25}),
+                                          ("pool", {"keep": 0.25})])
 def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
     knobs = knobs_for(vlm4, method, knobs)
     batch = vlm4.prepare(images, QUESTIONS)
@@ -125,7 +126,7 @@ def test_generation_with_kv_cache_equals_without(vlm4, images, method, knobs):
 
 
 @pytest.mark.parametrize("method", ["fastv", "adaptprune", "adaptinfer", "adafv", "visionzip", "adafv-t2i", "divprune",
-                                    "scope", "uniform", "dart", "vispruner"])
+                                    "scope", "uniform", "dart", "vispruner", "pool"])
 def test_batch_of_three_equals_three_single_runs(vlm4, images, method):
     knobs = knobs_for(vlm4, method, {})
     batch = vlm4.prepare(images, QUESTIONS)

@@ -12,8 +12,8 @@ scored and evaluated results are reused when their parameters match), so a rerun
     coverage          tokens kept until the first / every relevant token is in (AdaFV Fig. 4)
     overlays          kept tokens per method and keep ratio (AdaptPrune Fig. 1, 6, 7; AdaFV Fig. 7)
     accuracy_vs_keep  accuracy (95 % Wilson intervals) against the measured FLOPs ratio and against
-                      keep, per method, with the AdaptPrune Table 4 ablations dotted and the random
-                      and uniform baselines dashed (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
+                      keep, per method, with the AdaptPrune Table 4 ablations dotted and the random,
+                      uniform and pool baselines dashed (AdaptPrune Fig. 5; AdaFV Tab. 3-5)
     findings          findings.md: each testable claim of the papers, measured, with a verdict
                       (`vtanalysis.findings`)
 """
@@ -36,7 +36,7 @@ from .files import atomic_write, code_fingerprint, data_fingerprint, model_finge
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep", "findings")
-METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "divprune", "dart", "random", "uniform")
+METHODS = ("fastv", "adaptprune", "adafv", "fastervlm", "adaptinfer", "divprune", "dart", "random", "uniform", "pool")
 ABLATIONS = ("adaptprune-correction", "adaptprune-distance")  # AdaptPrune Table 4: one cue at a time
 KEEPS = (0.5, 0.25, 0.1)
 SEEDS = (0, 1, 2)  # methods that draw at random are evaluated with each
@@ -339,7 +339,7 @@ def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> l
     return paths
 
 
-BASELINES = ("random", "uniform")  # drawn distinctly: the rows a method must beat
+BASELINES = ("random", "uniform", "pool")  # drawn distinctly: the rows a method must beat
 
 
 def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> list[dict]:
@@ -373,7 +373,7 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> 
     for m in dict.fromkeys(r["method"] for r in rows[1:]):
         mine = [r for r in rows if r["method"] == m]
         style = dict(ls=":" if m in ABLATIONS else "--" if m in BASELINES else "-",
-                     color={"random": "grey", "uniform": "black"}.get(m), marker="s" if m in BASELINES else "o", ms=4)
+                     color={"random": "grey", "uniform": "black", "pool": "saddlebrown"}.get(m), marker="s" if m in BASELINES else "o", ms=4)
         acc = np.array([r["accuracy"] for r in mine])
         err = np.clip([acc - [r["acc_low"] for r in mine], [r["acc_high"] for r in mine] - acc], 0, None)  # rounding at p = 0, 1
         label = m + (f" (mean of {len(SEEDS)} seeds)" if "seeds" in mine[0] else "") + (" [baseline]" if m in BASELINES else "")

@@ -14,7 +14,7 @@ the model refutes is reported as refuted. Claims:
     AdaFV Fig. 2        [CLS] saliency AUC against the object masks > 0.5
     AdaptInfer          inflection layers exist; the schedule placed at them > the same number of
                         stages placed evenly over the depth, at the same average image-token budget
-    baselines           adaptprune and adafv > the random and spatially uniform selections at keep 0.1
+    baselines           adaptprune and adafv > the random, spatially uniform and pooled baselines at keep 0.1
                         (2025 studies found such baselines competitive; issue 22)
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
         rows += _saliency_rows(scores)
     rows += _schedule_rows(ctx, inflection)
     for method in ("adaptprune", "adafv") if ctx.vlm.adapter.has_cls else ("adaptprune",):
-        for baseline in ("random", "uniform"):
+        for baseline in ("random", "uniform", "pool"):
             other = _seed_mean(ctx, baseline) if "seed" in get(baseline).knobs else ev(baseline, KEEP)
             rows.append(compare(f"{method} beats the {baseline} baseline at keep {KEEP}", "baselines (issue 22)",
                                 ev(method, KEEP), other, at_least=False, samples=samples))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, dart, diversity, fastv, plugins, visionzip
+from . import adafv, adaptinfer, adaptprune, dart, diversity, fastv, plugins, spatial, visionzip
 from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 
@@ -413,38 +413,6 @@ def pick_vispruner(inputs, patches, k, important_ratio=0.5):
     return diversity.vispruner(inputs.vision_features[patches], inputs.saliency[patches], k, important_ratio)
 
 
-def lattice(h: int, w: int, k: int, device) -> torch.Tensor:
-    """k row-major indices into an h x w grid, spread evenly in 2-D: the centres of an r x c lattice
-    (r / c close to h / w, r * c >= k), of which k are taken at even strides. Host integers only."""
-    k = min(k, h * w)
-    if k == 0:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    r = min(h, max(1, round((k * h / w) ** 0.5)))
-    c = min(w, -(-k // r))
-    r = max(r, -(-k // c))
-    rows = ((torch.arange(r, device=device) + 0.5) * h / r).long()
-    cols = ((torch.arange(c, device=device) + 0.5) * w / c).long()
-    points = (rows[:, None] * w + cols[None, :]).flatten()
-    return points[(torch.arange(k, device=device) * (r * c)) // k]
-
-
-def choose_uniform(inputs, keep, stage):
-    """Spatially uniform selection: each grid keeps its share of the budget (in proportion to its
-    tokens, largest remainders first) on an even 2-D lattice; LLaVA-NeXT newlines are kept on top."""
-    newlines, _ = split_newlines(inputs)
-    grids = inputs.grids or [(0, 1, len(inputs.columns) - len(newlines))]
-    sizes = [h * w for _, h, w in grids]
-    budget = keep - len(newlines)
-    shares = [budget * n / sum(sizes) for n in sizes]
-    counts = [int(x) for x in shares]
-    for g in sorted(range(len(grids)), key=lambda g: counts[g] - shares[g])[: budget - sum(counts)]:
-        counts[g] += 1
-    device = inputs.columns.device
-    picked = torch.cat([newlines, *[start + lattice(h, w, k, device) for (start, h, w), k in zip(grids, counts)]])
-    rank = inputs.positions[picked] if inputs.positions is not None else picked
-    return picked[torch.argsort(rank, stable=True)]
-
-
 def choose_visionzip(inputs, keep, stage):
     return visionzip.choose(inputs)
 
@@ -505,7 +473,10 @@ for m in [
            "pre", ("cls", "vision_features"), among_patches(pick_vispruner), pre_stage(), positions="renumber",
            choose_knobs=("important_ratio",)),
     Method("uniform", "baseline: tokens evenly spaced in 2-D over each grid, before the LLM", "pre", (),
-           choose_uniform, pre_stage(rounding="round"), positions="renumber"),
+           spatial.choose_uniform, pre_stage(rounding="round"), positions="renumber"),
+    Method("pool", "baseline: 2-D average pooling of the image embeddings per grid to the budget, before the LLM",
+           "pre", (), spatial.choose_uniform, pre_stage(rounding="round"), positions="renumber",
+           prepare=spatial.prepare_pool),
     Method("visionzip", "VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
            "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip,
            ordered=True),

@@ -1,0 +1,99 @@
+"""Spatial baselines before the LLM: `uniform` (an even 2-D lattice of kept tokens per grid) and
+`pool` (the same lattice, each kept token carrying the average of its block).
+
+Per grid (`Grid`: LLaVA-1.5 the image; LLaVA-NeXT the base image, then the unpadded tiles; Qwen2-VL
+an image or frame) of h x w tokens keeping k of them: an r x c lattice with r / c close to h / w
+and r c >= k; lattice point (i, j) sits at row floor((i + 1/2) h / r), column floor((j + 1/2) w / c),
+and k of the r c points are taken at even strides in row-major order. `pool` gives the kept point
+(i, j) the mean of the LLM input embeddings over its adaptive-pooling block (rows floor(i h / r) to
+ceil((i + 1) h / r), as `F.adaptive_avg_pool2d`; LLaVA-OneVision pools video frames this way); with
+k < r c the blocks of the points not taken are dropped. A sample's budget is split over its grids
+in proportion to their tokens (largest remainders first); LLaVA-NeXT newline tokens are kept on top.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..scoped import scoped
+from .engine import split_newlines
+
+
+def lattice_shape(h: int, w: int, k: int) -> tuple[int, int]:
+    r = min(h, max(1, round((k * h / w) ** 0.5)))
+    c = min(w, -(-k // r))
+    return max(r, -(-k // c)), c
+
+
+def lattice(h: int, w: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k row-major indices into the h x w grid, their indices among the r x c lattice points).
+    Host integers in, device tensors out: no round trip."""
+    k = min(k, h * w)
+    if k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    r, c = lattice_shape(h, w, k)
+    rows = ((torch.arange(r, device=device) + 0.5) * h / r).long()
+    cols = ((torch.arange(c, device=device) + 0.5) * w / c).long()
+    taken = (torch.arange(k, device=device) * (r * c)) // k
+    return (rows[:, None] * w + cols[None, :]).flatten()[taken], taken
+
+
+def grid_counts(sizes: list[int], budget: int) -> list[int]:
+    """`budget` split over grids of `sizes` tokens in proportion (largest remainders first)."""
+    shares = [budget * n / sum(sizes) for n in sizes]
+    counts = [int(x) for x in shares]
+    for g in sorted(range(len(sizes)), key=lambda g: counts[g] - shares[g])[: budget - sum(counts)]:
+        counts[g] += 1
+    return counts
+
+
+def choose_uniform(inputs, keep, stage):
+    """The lattice tokens of every grid (in sequence order), newlines on top."""
+    newlines, _ = split_newlines(inputs)
+    grids = inputs.grids or [(0, 1, len(inputs.columns) - len(newlines))]
+    counts = grid_counts([h * w for _, h, w in grids], keep - len(newlines))
+    device = inputs.columns.device
+    picked = torch.cat([newlines, *[start + lattice(h, w, k, device)[0] for (start, h, w), k in zip(grids, counts)]])
+    rank = inputs.positions[picked] if inputs.positions is not None else picked
+    return picked[torch.argsort(rank, stable=True)]
+
+
+class PoolMerge:
+    """While active, the LLM input embeddings of the tokens `choose_uniform` keeps become the means of
+    their lattice blocks (a pre-hook on the language model: every prefill, and every no-cache
+    re-run of the prompt, sees the pooled embeddings)."""
+
+    def __init__(self, vlm, batch, stage, capture=None, crops=None):
+        self.vlm, self.batch, self.stage = vlm, batch, stage
+        self.prompt_len = batch.model_inputs["input_ids"].shape[1]
+
+    def __enter__(self):
+        self._ctx = scoped(self.vlm.adapter.language_model(self.vlm.model), "pre", self._pool)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+    def _pool(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or embeds.shape[1] < self.prompt_len:  # decoding: the prompt is cached
+            return None
+        out = embeds.clone()
+        for b, lay in enumerate(self.batch.layouts):
+            grids = lay.grids
+            counts = grid_counts([g.stop - g.start for g in grids], self.stage.keep(b) - len(lay.newline_columns))
+            for g, k in zip(grids, counts):
+                (h, w), pos = g.shape, lay.image_positions[g.start:g.stop].to(embeds.device)
+                points, taken = lattice(h, w, k, embeds.device)
+                if not len(points):
+                    continue
+                blocks = F.adaptive_avg_pool2d(embeds[b, pos].T.reshape(1, -1, h, w).float(), lattice_shape(h, w, k))
+                out[b, pos[points]] = blocks.flatten(2)[0].T[taken].to(out.dtype)
+        kwargs["inputs_embeds"] = out
+        return args, kwargs
+
+
+def prepare_pool(vlm, batch, stage, capture, crops):
+    return PoolMerge(vlm, batch, stage)
