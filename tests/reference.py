@@ -29,3 +29,25 @@ def lm_inputs(vlm, batch):
     """The language model, and inputs_embeds and position ids exactly as the model hands them to it."""
     embeds, pos = vlm.language_model_inputs(batch)
     return vlm.adapter.language_model(vlm.model), embeds.clone(), pos.clone()
+
+
+def tiny_clip(vlm, context: int = 6):
+    """A CLIP whose vision model is `vlm`'s tower (as LLaVA's tower comes from its CLIP) and a small
+    random text encoder over `vlm`'s tokenizer with a `context`-token window (short, so that the
+    question is cut into several chunks as the authors' code does beyond 77 tokens)."""
+    import transformers
+
+    from vtanalysis.analysis.grounding import HFClip
+
+    tok = vlm.processor.tokenizer
+    text = transformers.CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, max_position_embeddings=context, projection_dim=24,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                                       pad_token_id=tok.pad_token_id)
+    torch.manual_seed(5)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=text.to_dict(),
+                                                          vision_config=vlm.config.vision_config.to_dict(),
+                                                          projection_dim=24))
+    clip.vision_model.load_state_dict(vlm.model.model.vision_tower.state_dict())
+    processor = transformers.CLIPProcessor(image_processor=vlm.processor.image_processor, tokenizer=tok)
+    return HFClip(clip.eval(), processor, text_suffix=" </s>")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import QUESTIONS
+from reference import tiny_clip
 from vtanalysis import prune
 from vtanalysis.models import tiny
 from vtanalysis.prune import diversity
@@ -119,13 +120,15 @@ def test_uniform_lattice_spreads_evenly_in_2d():
 
 
 @pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl"])
-@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart", "vispruner", "pool"])
+@pytest.mark.parametrize("method", ["divprune", "scope", "uniform", "dart", "vispruner", "pool", "cdpruner"])
 def test_budgets_on_every_family(images, family, method):
     """Kept counts equal the engine's budget on every family, batch of three with padding."""
     vlm = tiny.build(family, seed=1, num_layers=4)
     if "cls" in prune.get(method).needs and not vlm.adapter.has_cls:
         pytest.skip("no vision [CLS] token in this family")
     knobs = {"positions": "original"} if vlm.adapter.mrope else {}
+    if method == "cdpruner":
+        knobs["clip"] = tiny_clip(vlm)
     batch = vlm.prepare(images, QUESTIONS)
     res = prune.run(vlm, batch, method, 0.25, max_new_tokens=2, **knobs)
     if prune.get(method).where == "pre":
@@ -266,3 +269,77 @@ def test_pool_equals_block_means_on_the_shortened_sequence(llava, images, keep):
     uniform = prune.run(llava, batch, "uniform", keep, max_new_tokens=1)
     assert torch.equal(uniform.kept[0][0], res.kept[0][0])
     assert not torch.allclose(uniform.logits, res.logits, atol=1e-4)  # the pooling changed the input
+
+
+@torch.no_grad()
+def authors_cdpruner(vlm, clip, batch, question, keep):
+    """Theia-4869/CDPruner `encode_images` on one LLaVA-1.5 image, transcribed: relevance = min-max of
+    the negated mean cosine between visual_projection(post_layernorm(layer -2 patches)) and the
+    question's text embeddings (77-token chunks here of `context`), +1e-6; S = cosine of the projector
+    outputs; K = r S r; greedy MAP, here by its definition (argmax of log det K[S + {i}]), sorted."""
+    model, tok = clip.model, clip.processor.tokenizer
+    tower = vlm.model.model.vision_tower(batch.model_inputs["pixel_values"], output_hidden_states=True)
+    patches = tower.hidden_states[vlm.config.vision_feature_layer][0, 1:]
+    z = model.visual_projection(model.vision_model.post_layernorm(patches))
+    ids = tok(question + " </s>", add_special_tokens=False, return_tensors="pt").input_ids[0]
+    span = model.config.text_config.max_position_embeddings
+    chunks = [ids[i:i + span] for i in range(0, len(ids), span)]
+    mask = torch.stack([F.pad(torch.ones(len(c), dtype=torch.long), (0, span - len(c))) for c in chunks])
+    ids = torch.stack([F.pad(c, (0, span - len(c))) for c in chunks])
+    e = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    r = -(z / z.norm(dim=-1, keepdim=True) @ (e / e.norm(dim=-1, keepdim=True)).T).mean(-1)
+    r = (r - r.min() + 1e-6) / (r.max() - r.min())
+    x = projected(vlm, batch)
+    x = x / x.norm(dim=-1, keepdim=True)
+    kernel = r[:, None] * (x @ x.T) * r[None, :]
+    chosen = []
+    for _ in range(keep):
+        gains = torch.full((len(r),), float("-inf"), dtype=torch.float64)
+        for i in range(len(r)):
+            if i not in chosen:
+                sub = kernel[chosen + [i]][:, chosen + [i]].double()
+                gains[i] = torch.logdet(sub)
+        chosen.append(int(gains.argmax()))
+    return torch.tensor(sorted(chosen))
+
+
+@pytest.mark.parametrize("keep", [5, 12])
+def test_cdpruner_equals_the_authors_conditional_dpp(llava, images, keep):
+    clip = tiny_clip(llava)
+    batch = llava.prepare(images[:1], QUESTIONS[:1])
+    assert len(clip.tokenizer([QUESTIONS[0]])["input_ids"][0]) > 6  # the question spans several chunks
+    want = authors_cdpruner(llava, clip, batch, QUESTIONS[0], keep)
+    kept = prune.select("cdpruner", llava, batch, keep, clip=clip)[-1][0]
+    assert torch.equal(kept.sort().values.cpu(), want)
+    other = prune.select("cdpruner", llava, llava.prepare(images[:1], ["is there a red circle ?"]), keep, clip=clip)
+    assert not torch.equal(other[-1][0].sort().values.cpu(), want)  # conditional: the question matters
+
+
+def test_cdpruner_without_a_clip_names_what_to_pass(llava, images):
+    from vtanalysis.errors import VTAError
+
+    with pytest.raises(VTAError, match="clip="):
+        prune.run(llava, llava.prepare(images[:1], QUESTIONS[:1]), "cdpruner", 0.25)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-next"])
+def test_cdpruner_keeps_the_engine_guarantees(images, family, monkeypatch):
+    """Its knobs carry a model, so the shared parametrized tests cannot: keep-all through the engine
+    path equals unpruned; the KV cache equals recomputation; a batch of three equals single runs."""
+    import sys
+
+    vlm = tiny.build(family, seed=1, num_layers=4)
+    clip = tiny_clip(vlm)
+    batch = vlm.prepare(images, QUESTIONS)
+    cached = prune.run(vlm, batch, "cdpruner", 0.3, max_new_tokens=4, clip=clip)
+    assert torch.equal(cached.token_ids, prune.run(vlm, batch, "cdpruner", 0.3, max_new_tokens=4, use_cache=False,
+                                                   clip=clip).token_ids)
+    for b in range(len(batch)):
+        alone = prune.run(vlm, vlm.prepare(images[b:b + 1], QUESTIONS[b:b + 1]), "cdpruner", 0.3, max_new_tokens=4,
+                          clip=clip)
+        assert torch.equal(cached.kept[0][b], alone.kept[0][0])
+        torch.testing.assert_close(cached.logits[b], alone.logits[0], atol=1e-4, rtol=0)
+    base = prune.run(vlm, batch, "none", max_new_tokens=3)
+    monkeypatch.setattr(sys.modules["vtanalysis.prune.run"], "keeps_everything", lambda keep, n: False)
+    full = prune.run(vlm, batch, "cdpruner", 1.0, max_new_tokens=3, clip=clip)
+    torch.testing.assert_close(full.logits, base.logits, atol=1e-5, rtol=0)

@@ -37,6 +37,10 @@ def knobs_for(vlm, method):
     spec = prune.get(method)
     if "cls" in spec.needs and not vlm.adapter.has_cls:
         pytest.skip("no vision [CLS] token in this family")
+    if method == "cdpruner":
+        from reference import tiny_clip
+
+        return {"clip": tiny_clip(vlm)}
     return {"positions": "original"} if vlm.adapter.mrope and spec.positions == "renumber" else {}
 
 

@@ -28,6 +28,8 @@ class VLMInputs:
         images_per_sample: how many images each sample has.
         image_sizes: the processor's (height, width) per image as host integers, when the family
             has them (LLaVA-NeXT), so code on the hot path never reads them back from the device.
+        questions: the questions as passed to `VLM.prepare` (None when it got full prompts);
+            methods that encode the question by itself (CDPruner's CLIP relevance) read them.
     """
 
     model_inputs: dict
@@ -35,6 +37,7 @@ class VLMInputs:
     prompts: list[str]
     images_per_sample: list[int] = field(default_factory=list)
     image_sizes: list | None = None
+    questions: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.layouts)
@@ -44,7 +47,7 @@ class VLMInputs:
         sizes = self.image_sizes
         if sizes is None and torch.is_tensor(self.model_inputs.get("image_sizes")):
             sizes = self.model_inputs["image_sizes"].tolist()  # read before the move, once
-        return VLMInputs(moved, self.layouts, self.prompts, self.images_per_sample, sizes)
+        return VLMInputs(moved, self.layouts, self.prompts, self.images_per_sample, sizes, self.questions)
 
 
 class VLM:
@@ -160,7 +163,8 @@ class VLM:
                               f"language model has a context of {context} positions; shorten the question or "
                               "use fewer or smaller images.")
         layouts = self.adapter.layouts(model_inputs, self.config, counts)
-        return VLMInputs(model_inputs, layouts, texts, counts).to(self.device)
+        return VLMInputs(model_inputs, layouts, texts, counts,
+                         questions=list(questions) if questions is not None else None).to(self.device)
 
 
 def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,

@@ -60,6 +60,7 @@ class StageInputs:
         prev_keys: [n + T, H x d] layer K-1's keys after RoPE of the current image tokens, then of the
             text tokens after the image (methods needing "prev_keys").
         normed_hidden: [n + T, D] the states entering layer K through the model's final norm, same rows.
+        question: the sample's question as given to `VLM.prepare` (pre-LLM stages; None for prompts).
         text_to_text: [H, T, T] per-head attention among the text queries (layer K-1).
         text_to_image: [H, T, n] per-head attention of text queries over current image tokens.
         image_to_image: [H, n, n] per-head attention among the image tokens (methods needing "image_rows").
@@ -95,6 +96,7 @@ class StageInputs:
     vision_features: torch.Tensor | None = None
     prev_keys: torch.Tensor | None = None
     normed_hidden: torch.Tensor | None = None
+    question: str | None = None
 
 
 ROW_NEEDS = ("last_row", "text_rows", "image_rows")  # choosers that read layer K-1's attention rows
@@ -465,6 +467,7 @@ class Pruner:
     def _embedding_inputs(self, inputs: StageInputs, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the pre-LLM fields from the embeddings entering layer 0 and the vision capture."""
         inputs.positions = img
+        inputs.question = self.batch.questions[b] if self.batch.questions is not None else None
         inputs.text_embeds = hidden[b, self.text_pos[b]].float()
         inputs.image_embeds = hidden[b, img].float()
         if "cls" in self.needs:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, dart, diversity, fastv, plugins, spatial, visionzip
+from . import adafv, adaptinfer, adaptprune, cdpruner, dart, diversity, fastv, plugins, spatial, visionzip
 from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 
@@ -34,6 +34,8 @@ class Method:
     choose_knobs: tuple[str, ...] = ()
     # pre-LLM only: the chooser's order (repeats included) is the image part of the sequence
     ordered: bool = False
+    # defaults that depend on the model: resolve_knobs(vlm, choose_knobs) -> choose_knobs (CDPruner's CLIP)
+    resolve_knobs: Callable | None = None
 
     @property
     def plan_knobs(self) -> list[str]:
@@ -413,6 +415,25 @@ def pick_vispruner(inputs, patches, k, important_ratio=0.5):
     return diversity.vispruner(inputs.vision_features[patches], inputs.saliency[patches], k, important_ratio)
 
 
+def choose_cdpruner(inputs, keep, stage, clip=None):
+    """CDPruner (`prune.cdpruner`): relevance over all the sample's patches, one DPP per crop."""
+    if inputs.question is None:
+        raise VTAError("cdpruner encodes the question with CLIP: prepare the batch with questions=, not prompts=.")
+    newlines, patches = split_newlines(inputs)
+    rel = torch.zeros(len(inputs.columns), device=inputs.columns.device)
+    rel[patches] = cdpruner.relevance(clip, inputs.vision_features[patches], inputs.question)
+    x = F.normalize(inputs.image_embeds.float(), dim=-1)
+
+    def pick(inputs, crop, k):
+        kernel = rel[crop, None] * (x[crop] @ x[crop].T) * rel[None, crop]
+        return cdpruner.greedy_map(kernel, k)
+    return among_patches(pick)(inputs, keep, stage)
+
+
+def cdpruner_knobs(vlm, knobs):
+    return {**knobs, "clip": cdpruner.require_clip(vlm, knobs.get("clip"))}
+
+
 def choose_visionzip(inputs, keep, stage):
     return visionzip.choose(inputs)
 
@@ -469,6 +490,9 @@ for m in [
     Method("scope", "SCOPE: greedy coverage gain of vision features x [CLS] saliency^alpha, per crop, before the LLM",
            "pre", ("cls", "vision_features"), among_patches(pick_scope), pre_stage(), positions="renumber",
            choose_knobs=("alpha",)),
+    Method("cdpruner", "CDPruner: conditional DPP, CLIP question relevance x projector-output similarity, per crop",
+           "pre", ("cls", "vision_features", "embeds"), choose_cdpruner, pre_stage(), positions="renumber",
+           choose_knobs=("clip",), resolve_knobs=cdpruner_knobs),
     Method("vispruner", "VisPruner: top [CLS]-attention tokens + diverse ones left by rounds of duplicate removal, per crop",
            "pre", ("cls", "vision_features"), among_patches(pick_vispruner), pre_stage(), positions="renumber",
            choose_knobs=("important_ratio",)),

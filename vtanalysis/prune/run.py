@@ -157,9 +157,11 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     if "cls" in spec.needs:
         require_cls(vlm, method)
     knobs, choose_knobs = spec.split_knobs(knobs)
-    choose = functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose
     crops = crop_columns(vlm, batch) if spec.where == "pre" else None  # host-side, before the forward pass
     stages = _stages(vlm, batch, spec, keep, knobs, crops)
+    if spec.resolve_knobs is not None and stages:  # keep-all runs no chooser: nothing to resolve
+        choose_knobs = spec.resolve_knobs(vlm, choose_knobs)
+    choose = functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose
     positions = positions or spec.positions
     if spec.where == "pre" and vlm.adapter.mrope:
         positions = "original"

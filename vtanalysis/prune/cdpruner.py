@@ -1,0 +1,92 @@
+"""CDPruner (Zhang et al. 2025, conditional DPP), from the authors' code (Theia-4869/CDPruner,
+`llava/model/llava_arch.py` `encode_images`, and `multimodal_encoder/clip_encoder.py`).
+
+Per crop (an image; a LLaVA-NeXT base image or tile) keeping T of its N patch tokens:
+    S_ij   = cos(x_i, x_j), x the projector outputs (the LLM's image embeddings), float32
+    z_i    = visual_projection(post_layernorm(v_i)), v the tower's feature-layer patch states:
+             patch embeddings in the CLIP joint space
+    e_m    = the CLIP text embeddings (pooled, projected) of the question, one per chunk of the
+             text encoder's context (77 for OpenAI CLIP; several only for long questions)
+    r_i    = mean_m ( -cos(z_i, e_m) ),  then  (r_i - min r + 1e-6) / (max r - min r)
+             (the authors' sign and min-max; the min and max run over all the sample's patches)
+    K_ij   = r_i S_ij r_j,  and T greedy MAP picks (fast greedy DPP, incremental Cholesky):
+             j = argmax d; e = (K_j - c_j^T C) / sqrt(d_j); C += [e]; d -= e^2; d_j = -inf
+Kept tokens in sequence order; LLaVA-NeXT newline tokens kept on top.
+
+Differences from the authors' code: the relevance min-max runs per sample (theirs over the whole
+batch, which their batch-1 evaluation makes the same thing, and which would let one sample change
+another's selection); CLIP runs in float32. The question is the sample's question as passed to
+`VLM.prepare`, without the chat template, as their evaluation scripts pass it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import VTAError
+
+
+def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
+    """[k] indices (pick order) of the fast greedy MAP of the DPP with `kernel` [n, n].
+
+    About 12 dispatched ops per pick, all on the device (the argmax stays a tensor)."""
+    n = kernel.shape[0]
+    k = min(k, n)
+    picks = torch.empty(k, dtype=torch.long, device=kernel.device)
+    chol = torch.zeros(k, n, device=kernel.device, dtype=kernel.dtype)
+    gain = kernel.diagonal().clone()
+    for i in range(k):
+        j = gain.argmax(dim=0, keepdim=True)
+        picks[i:i + 1] = j
+        e = (kernel.index_select(0, j)[0] - chol[:i].index_select(1, j)[:, 0] @ chol[:i]) / gain.index_select(0, j).sqrt()
+        chol[i] = e
+        gain = (gain - e * e).index_fill(0, j, float("-inf"))
+    return picks
+
+
+def relevance(clip, features: torch.Tensor, question: str) -> torch.Tensor:
+    """[n] the authors' relevance of each patch (feature-layer states [n, Dv]) to `question`.
+
+    clip: an `analysis.grounding.HFClip` over the transformers `CLIPModel` the vision tower comes from.
+    """
+    model = clip.model
+    with torch.no_grad():
+        joint = model.visual_projection(model.vision_model.post_layernorm(features.to(model.dtype))).float()
+        text = text_embeddings(clip, question)
+    r = -(F.normalize(joint, dim=-1) @ F.normalize(text, dim=-1).T).mean(-1)
+    return (r - r.min() + 1e-6) / (r.max() - r.min())
+
+
+def text_embeddings(clip, question: str) -> torch.Tensor:
+    """[M, C] pooled, projected text embeddings of `question`, cut into chunks of the text
+    encoder's context without truncation (the authors' segments, zero-padded)."""
+    enc = clip.tokenizer([question])
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    span = clip.model.config.text_config.max_position_embeddings
+    chunks = -(-ids.shape[1] // span)
+    pad = chunks * span - ids.shape[1]
+    ids, mask = F.pad(ids, (0, pad)).view(chunks, span), F.pad(mask, (0, pad)).view(chunks, span)
+    return clip.encode_text({"input_ids": ids, "attention_mask": mask}).float()
+
+
+def require_clip(vlm, clip):
+    """The CLIP to use: `clip` as given, else the demo model's own; else a `VTAError` saying what to pass."""
+    from ..analysis.grounding import HFClip
+
+    if clip is not None:
+        return clip if isinstance(clip, HFClip) else HFClip(*clip) if isinstance(clip, tuple) else _bad(clip)
+    if getattr(vlm, "name", None) == "demo":
+        from ..models import demo
+
+        try:
+            return HFClip(*demo.clip(), text_suffix=" </s>")
+        except VTAError:
+            pass
+    raise VTAError("cdpruner scores relevance with the CLIP text encoder the vision tower came from: pass "
+                   "clip=HFClip(CLIPModel, CLIPProcessor) (or a (model, processor) pair), e.g. for LLaVA-1.5 "
+                   "openai/clip-vit-large-patch14-336.")
+
+
+def _bad(clip):
+    raise VTAError(f"clip= takes an analysis.grounding.HFClip or a (CLIPModel, CLIPProcessor) pair, not "
+                   f"{type(clip).__name__}.")
