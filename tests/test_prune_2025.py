@@ -343,3 +343,49 @@ def test_cdpruner_keeps_the_engine_guarantees(images, family, monkeypatch):
     monkeypatch.setattr(sys.modules["vtanalysis.prune.run"], "keeps_everything", lambda keep, n: False)
     full = prune.run(vlm, batch, "cdpruner", 1.0, max_new_tokens=3, clip=clip)
     torch.testing.assert_close(full.logits, base.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "llava-next"])
+def test_downsample_feeds_a_smaller_image_within_the_budget(images, family):
+    """The processor's own count of the downsampled image is at most keep of the full count; on
+    Qwen2-VL (tokens follow the pixel count) also the largest such: 5 % larger exceeds it."""
+    from PIL import Image
+
+    from vtanalysis.prune.downsample import image_tokens
+
+    vlm = tiny.build(family, seed=1, num_layers=4)
+    from vtanalysis.models.images import load_image
+
+    big = load_image(images[0]).resize((224, 160))
+    full = image_tokens(vlm, big)
+    floor = image_tokens(vlm, big.resize((1, 1)))
+    keep = max(0.5, (floor + 1) / full)
+    small = prune.downsampled(vlm, [big], keep)[0]
+    budget = prune.keep_count(keep, full)
+    assert image_tokens(vlm, small) <= budget < full
+    if family == "qwen2-vl":
+        f = small.width / big.width * 1.05
+        larger = big.resize((round(big.width * f), round(big.height * f)), Image.BICUBIC)
+        assert image_tokens(vlm, larger) > budget
+
+
+def test_downsample_refuses_fixed_resolution_and_processed_batches(llava, images):
+    from vtanalysis.errors import VTAError
+
+    with pytest.raises(VTAError, match="pool"):
+        prune.downsampled(llava, images[:1], 0.25)
+    qwen = tiny.build("qwen2-vl", seed=1, num_layers=4)
+    with pytest.raises(VTAError, match="prune.downsampled"):
+        prune.run(qwen, qwen.prepare(images[:1], QUESTIONS[:1]), "downsample", 0.25)
+
+
+def test_evaluate_downsample_reports_the_full_size_flops(images, tmp_path):
+    from vtanalysis.data import shapes
+    from vtanalysis.data.dataset import read_samples
+    from vtanalysis.evaluate import evaluate
+
+    qwen = tiny.build("qwen2-vl", seed=1, num_layers=4)
+    shapes.write_dataset(tmp_path, 2, seed=0, progress=False)
+    samples = read_samples(tmp_path)[:3]
+    r = evaluate(qwen, samples, method="downsample", keep=0.5, progress=False)
+    assert 0 < r["flops_ratio"] < 1 and r["samples"] == 3

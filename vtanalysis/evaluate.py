@@ -66,6 +66,15 @@ def score(predictions: list[str], samples: list[Sample]) -> dict:
             "counts": {t: len(v) for t, v in sorted(hits.items())}}
 
 
+def unpruned_flops(vlm, batch) -> int:
+    """Summed prefill FLOPs (`prune.flops`) of the batch's unpruned prompts, without running them."""
+    from .prune.flops import prefill_flops
+
+    cfg = vlm.config.text_config
+    lengths = batch.model_inputs["attention_mask"].sum(1).tolist()  # ok-host: outside any forward pass
+    return sum(prefill_flops([int(n)] * vlm.num_layers, cfg.hidden_size, cfg.intermediate_size) for n in lengths)
+
+
 def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | int = 1.0, batch_size: int = 16,
              max_new_tokens: int = 3, progress: bool = True, seed: int = 0, **knobs) -> dict:
     """Answer `samples` with `method` pruning at `keep`; accuracy, per-type accuracy, FLOPs ratio, times.
@@ -84,15 +93,23 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VTAError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     seeded = "seed" in prune.get(method).knobs
+    on_image = prune.get(method).where == "image"  # downsample: a smaller image, the unpruned model
     predictions, flops, full, prefill, decode = [], 0, 0, 0.0, 0.0
     for i in tqdm(range(0, len(samples), batch_size), desc=f"eval {method} keep {keep:g}", disable=not progress):
         chunk = samples[i:i + batch_size]
-        batch = vlm.prepare([load_image(s.image) for s in chunk], [s.question for s in chunk])
+        images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
+        batch = vlm.prepare(images, questions)
         if seeded:
             knobs["seed"] = seed * len(samples) + i  # the run gives sample b of this chunk seed + b
-        res = prune.run(vlm, batch, method, keep, max_new_tokens=max_new_tokens, **knobs)
+        if on_image:
+            full += unpruned_flops(vlm, batch)  # of the full-size images
+            res = prune.run(vlm, vlm.prepare(prune.downsampled(vlm, images, keep), questions), "none",
+                            max_new_tokens=max_new_tokens)
+            flops += sum(res.flops)
+        else:
+            res = prune.run(vlm, batch, method, keep, max_new_tokens=max_new_tokens, **knobs)
+            flops, full = flops + sum(res.flops), full + sum(res.flops_unpruned)
         predictions += res.answers
-        flops, full = flops + sum(res.flops), full + sum(res.flops_unpruned)
         prefill, decode = prefill + res.prefill_s, decode + res.decode_s
     return {**score(predictions, samples), "method": method, "keep": keep, "samples": len(samples),
             "flops_ratio": flops / full if full else 1.0, "prefill_s": prefill, "decode_s": decode,

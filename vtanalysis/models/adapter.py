@@ -22,6 +22,8 @@ class Adapter:
         has_cls: whether the vision tower emits a [CLS] token (needed by [CLS]-saliency methods).
         mrope: whether positions are multimodal RoPE ids that encode the image grid (Qwen2-VL), so
             renumbering positions after pruning is not defined.
+        resizable: whether the processor's image-token count follows the image's size (dynamic
+            resolution, anyres tiling), so a smaller image is a smaller budget (`downsample`).
     """
 
     family: str = ""
@@ -29,6 +31,7 @@ class Adapter:
     model_class: str = ""
     has_cls: bool = True
     mrope: bool = False
+    resizable: bool = False
 
     # -- prompts ------------------------------------------------------------------------------
     def image_placeholder(self, processor) -> str:

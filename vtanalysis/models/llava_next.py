@@ -20,6 +20,7 @@ class LlavaNextAdapter(LlavaAdapter):
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
     has_cls = True
+    resizable = True  # anyres: fewer tiles for a smaller image
 
     def manual_prompt(self, processor, question, n_images):
         return "[INST] " + "<image>\n" * n_images + question + " [/INST]"

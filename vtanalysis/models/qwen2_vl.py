@@ -15,6 +15,7 @@ class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     has_cls = False  # the Qwen vision tower has no [CLS] token
+    resizable = True  # dynamic resolution: tokens follow the pixel count
 
     def manual_prompt(self, processor, question, n_images):
         start = getattr(processor.tokenizer, "vision_start_token", None) or "<|vision_start|>"

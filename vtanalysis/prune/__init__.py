@@ -3,8 +3,9 @@ them inside real inference (`run`, `select`)."""
 from . import adafv, adaptinfer, adaptprune, fastv
 from . import methods as methods_module  # plan helpers for one's own methods: single_stage, pre_stage, scaled_layers
 from .budget import keep_count
+from .downsample import downsampled
 from .methods import Method, get, methods, register
 from .run import RunResult, run, select
 
-__all__ = ["methods_module", "Method", "RunResult", "adafv", "adaptinfer", "adaptprune", "fastv", "get", "keep_count", "methods",
+__all__ = ["methods_module", "Method", "RunResult", "adafv", "adaptinfer", "adaptprune", "downsampled", "fastv", "get", "keep_count", "methods",
            "register", "run", "select"]

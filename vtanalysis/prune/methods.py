@@ -23,7 +23,7 @@ from .engine import split_newlines
 class Method:
     name: str
     summary: str
-    where: str                      # "llm": inside the decoder; "pre": before the LLM
+    where: str                      # "llm": inside the decoder; "pre": before the LLM; "image": on the image
     needs: tuple[str, ...]          # "last_row", "text_rows", "image_rows", "keys", "cls", "embeds"
     choose: Callable
     plan: Callable
@@ -496,6 +496,8 @@ for m in [
     Method("vispruner", "VisPruner: top [CLS]-attention tokens + diverse ones left by rounds of duplicate removal, per crop",
            "pre", ("cls", "vision_features"), among_patches(pick_vispruner), pre_stage(), positions="renumber",
            choose_knobs=("important_ratio",)),
+    Method("downsample", "baseline: the image resized so the processor yields about the budget (dynamic-resolution "
+           "families; through `prune.downsampled` + 'none')", "image", (), choose_none, no_stage),
     Method("uniform", "baseline: tokens evenly spaced in 2-D over each grid, before the LLM", "pre", (),
            spatial.choose_uniform, pre_stage(rounding="round"), positions="renumber"),
     Method("pool", "baseline: 2-D average pooling of the image embeddings per grid to the budget, before the LLM",

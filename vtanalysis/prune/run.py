@@ -151,6 +151,10 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
             method does not have is an error.
     """
     spec = get(method)
+    if spec.where == "image" and not keeps_everything(keep, min(lay.n_image_tokens for lay in batch.layouts)):
+        raise VTAError(f"'{method}' changes the image before the processor, and this batch is already processed: "
+                       f"prepare the batch from prune.downsampled(vlm, images, keep) and run 'none' on it "
+                       f"(`vtanalysis.evaluate` and `vtanalysis eval --method {method}` do this).")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
                        f"got {max_new_tokens!r}.")
