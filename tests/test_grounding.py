@@ -55,3 +55,28 @@ def test_choice_follows_clip_similarity(grounder):
         txt = torch.nn.functional.normalize(grounder.clip.encode_text(grounder.tokenizer(["a red square"])), dim=-1)
     np.testing.assert_allclose(sims, (img @ txt.T)[:, 0].numpy(), atol=1e-5)
     assert best == int(np.argmax(sims))
+
+
+def test_hf_clip_chooses_among_given_masks_without_sam(images):
+    """Issue 14: `Grounder` over a transformers CLIP (`HFClip`) with the candidate masks given: the
+    chosen mask is the candidate whose crop has the highest cosine to the text, as `choose` scores."""
+    import numpy as np
+    import pytest
+
+    from reference import tiny_clip
+    from vtanalysis.analysis.grounding import Grounder
+    from vtanalysis.errors import VTAError
+    from vtanalysis.models import tiny
+    from vtanalysis.models.images import load_image
+
+    clip = tiny_clip(tiny.build("llava", seed=1, num_layers=2), context=16)
+    grounder = Grounder(None, clip, clip.preprocess, clip.tokenizer)
+    image = np.asarray(load_image(images[0]))
+    h, w = image.shape[:2]
+    masks = np.zeros((3, h, w), dtype=bool)
+    masks[0, : h // 2, : w // 2], masks[1, h // 2:, w // 2:], masks[2, : h // 3, w // 2:] = True, True, True
+    best, sims = grounder.choose(image, masks, "what color is the circle ?")
+    assert sims.shape == (3,) and best == int(np.argmax(sims))
+    assert np.array_equal(grounder.mask(image, "what color is the circle ?", proposals=masks), masks[best])
+    with pytest.raises(VTAError, match="proposals="):
+        grounder.mask(image, "what color is the circle ?")
