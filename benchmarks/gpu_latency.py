@@ -145,7 +145,10 @@ def latency_table(vlm, shape, n_batch, args):
     images = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(n_batch)]
     batch = vlm.prepare(images, [QUESTION] * n_batch)
     n_image = batch.layouts[0].n_image_tokens
-    methods = [m for m in (args.methods.split(",") if args.methods else prune.methods()) if m != "none"]
+    # by default every method that runs on a processed batch alone (downsample changes the image;
+    # cdpruner needs a CLIP text tower passed in)
+    default = [m for m in prune.methods() if prune.get(m).where != "image" and prune.get(m).resolve_knobs is None]
+    methods = [m for m in (args.methods.split(",") if args.methods else default) if m != "none"]
     configs = [("none", 1.0)] + [(m, k) for m in methods for k in args.keeps] + [("anchor-fastv", k) for k in args.keeps]
     embeds = vlm.language_model_inputs(batch)[0]  # captured once, outside any timing
 

@@ -389,3 +389,19 @@ def test_evaluate_downsample_reports_the_full_size_flops(images, tmp_path):
     samples = read_samples(tmp_path)[:3]
     r = evaluate(qwen, samples, method="downsample", keep=0.5, progress=False)
     assert 0 < r["flops_ratio"] < 1 and r["samples"] == 3
+
+
+def test_eval_carries_the_baselines_at_the_same_keep():
+    """Issue 22: `vtanalysis eval --method M` also runs random, uniform and pool at M's keep."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vtanalysis.cli import app
+
+    out = CliRunner().invoke(app, ["eval", "--model", "tiny-llava", "--samples", "4", "--method", "fastv", "--keep",
+                                   "0.25", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert set(result["baselines"]) == {"random", "uniform", "pool"}
+    assert all(r["keep"] == 0.25 and r["samples"] == 4 for r in result["baselines"].values())

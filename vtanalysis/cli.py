@@ -254,6 +254,8 @@ def eval_cmd(
                                    "(repeatable; `vtanalysis methods` lists each method's)."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    baselines: bool = typer.Option(True, help="With a pruning method, also run the random, uniform and pool "
+                                   "baselines at the same keep (2025 studies found them competitive)."),
 ):
     """Exact-match accuracy overall and per question type, FLOPs ratio and time, optionally pruned."""
     import json
@@ -271,11 +273,18 @@ def eval_cmd(
             rows = read_samples(data)[:samples]
             result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
                               progress=not json_out, **_parse_knobs(knob))
+            others = {}
+            for base in ("random", "uniform", "pool") if baselines and method not in ("none", "random", "uniform", "pool") else ():
+                others[base] = evaluate(vlm, rows, method=base, keep=_parse_keep(keep), batch_size=batch_size,
+                                        progress=not json_out)
+                others[base].pop("predictions")
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
     result.pop("predictions")
     result["model"] = model
+    if others:
+        result["baselines"] = others
     if json_out:
         print(json.dumps(result))
         return
@@ -284,6 +293,9 @@ def eval_cmd(
           f"prefill {result['prefill_s']:.2f}s, decode {result['decode_s']:.2f}s")
     for t, acc in result["per_type"].items():
         print(f"  {t:<12}{acc:.3f}  (n={result['counts'][t]})")
+    for base, r in others.items():
+        print(f"baseline {base:<8} accuracy {r['accuracy']:.3f}; FLOPs ratio {r['flops_ratio']:.3f}; "
+              f"prefill {r['prefill_s']:.2f}s")
 
 
 @app.command("train-demo")
