@@ -391,16 +391,18 @@ def test_evaluate_downsample_reports_the_full_size_flops(images, tmp_path):
     assert 0 < r["flops_ratio"] < 1 and r["samples"] == 3
 
 
-def test_eval_carries_the_baselines_at_the_same_keep():
+def test_eval_carries_the_baselines_at_the_same_keep(tmp_path):
     """Issue 22: `vtanalysis eval --method M` also runs random, uniform and pool at M's keep."""
     import json
 
     from typer.testing import CliRunner
 
     from vtanalysis.cli import app
+    from vtanalysis.data import shapes
 
-    out = CliRunner().invoke(app, ["eval", "--model", "tiny-llava", "--samples", "4", "--method", "fastv", "--keep",
-                                   "0.25", "--json"])
+    shapes.write_dataset(tmp_path, 2, seed=0, progress=False)
+    out = CliRunner().invoke(app, ["eval", "--model", "tiny-llava", "--data", str(tmp_path), "--samples", "4",
+                                   "--method", "fastv", "--keep", "0.25", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.output.strip().splitlines()[-1])
     assert set(result["baselines"]) == {"random", "uniform", "pool"}
