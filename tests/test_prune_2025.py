@@ -57,6 +57,17 @@ def authors_scope(features: torch.Tensor, cls_attention: torch.Tensor, k: int, a
 
 
 @torch.no_grad()
+def eager_tower(vlm, batch):
+    """The vision tower's eager attentions and hidden states (the authors read them this way)."""
+    vlm.model.set_attn_implementation("eager")
+    try:
+        return vlm.model.model.vision_tower(batch.model_inputs["pixel_values"], output_attentions=True,
+                                            output_hidden_states=True)
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
+
+
+@torch.no_grad()
 def projected(vlm, batch) -> torch.Tensor:
     """[n_image, D] the projector outputs the LLM receives for the first sample (LLaVA-1.5 order)."""
     feats = vlm.model.model.get_image_features(pixel_values=batch.model_inputs["pixel_values"],
@@ -81,13 +92,7 @@ def test_divprune_equals_the_authors_greedy_on_the_projector_outputs(llava, imag
 @pytest.mark.parametrize("keep", [6, 16])
 def test_scope_equals_the_authors_greedy(llava, images, keep):
     batch = llava.prepare(images[1:2], QUESTIONS[1:2])
-    llava.model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = llava.model.model.vision_tower(batch.model_inputs["pixel_values"], output_attentions=True,
-                                                 output_hidden_states=True)
-    finally:
-        llava.model.set_attn_implementation("sdpa")
+    out = eager_tower(llava, batch)
     layer = llava.config.vision_feature_layer
     features = out.hidden_states[layer][0, 1:].float()
     saliency = out.attentions[layer][0, :, 0, 1:].sum(0).float()  # summed over heads, as the authors
@@ -219,13 +224,7 @@ def authors_vispruner(features, attention, k, ratio):
 def test_vispruner_equals_the_authors_rounds(llava, images, keep, ratio):
     """On cases where the authors' code runs (even important count, at least 8 diverse tokens)."""
     batch = llava.prepare(images[1:2], QUESTIONS[1:2])
-    llava.model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = llava.model.model.vision_tower(batch.model_inputs["pixel_values"], output_attentions=True,
-                                                 output_hidden_states=True)
-    finally:
-        llava.model.set_attn_implementation("sdpa")
+    out = eager_tower(llava, batch)
     layer = llava.config.vision_feature_layer
     want = authors_vispruner(out.hidden_states[layer][0, 1:].float(), out.attentions[layer][0, :, 0, 1:].mean(0),
                              keep, ratio)

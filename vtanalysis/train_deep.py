@@ -36,7 +36,7 @@ import transformers
 from .data import shapes
 from .files import atomic_write
 from .models import demo
-from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, encode, grid_side, lr_at, patch_labels, patch_loss,
+from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, collate, encode, grid_side, lr_at, patch_labels, patch_loss,
                          position_head, quick_eval)
 
 STAGES = ("clip", "align", "instruct")
@@ -132,15 +132,7 @@ def caption_batch(vlm, seeds: list[int]) -> dict:
     tok, n_img = vlm.processor.tokenizer, grid_side(vlm) ** 2
     scenes = [shapes.scene(s) for s in seeds]
     rows = [encode(tok, n_img, [(CAPTION_PROMPT, shapes.caption(sc))]) for sc in scenes]
-    width = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (i, lab) in enumerate(rows):
-        ids[b, :len(i)], labels[b, :len(lab)], mask[b, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
-    pixels = vlm.processor.image_processor([sc.image for sc in scenes], return_tensors="pt")["pixel_values"]
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "labels": labels,
-            "patch_labels": torch.stack([patch_labels(sc, demo.PATCH) for sc in scenes])}
+    return collate(vlm, rows, [sc.image for sc in scenes], [patch_labels(sc, demo.PATCH) for sc in scenes])
 
 
 def llm_loss(vlm, head, b: dict, aux_weight: float) -> tuple[torch.Tensor, dict]:

@@ -72,6 +72,12 @@ def batch(vlm, seeds: list[int], rng: random.Random, caption_p: float) -> dict:
         images.append(sc.image)
         patches.append(patch_labels(sc, demo.PATCH))
         rows.append(encode(tok, n_img, turns))
+    return collate(vlm, rows, images, patches)
+
+
+def collate(vlm, rows: list[tuple[list[int], list[int]]], images, patches: list[torch.Tensor]) -> dict:
+    """Right-padded ids, labels and mask of the `encode`d rows, the images' pixels, the patch labels."""
+    tok = vlm.processor.tokenizer
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
     labels = torch.full((len(rows), width), -100)
