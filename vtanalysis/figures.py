@@ -370,6 +370,8 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> 
     rows = accuracy_rows(ctx, methods, keeps)
     base = rows[0]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    for ax in axes:  # more methods than the default 10 colours: no two lines share one
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for m in dict.fromkeys(r["method"] for r in rows[1:]):
         mine = [r for r in rows if r["method"] == m]
         style = dict(ls=":" if m in ABLATIONS else "--" if m in BASELINES else "-",
