@@ -66,15 +66,6 @@ def score(predictions: list[str], samples: list[Sample]) -> dict:
             "counts": {t: len(v) for t, v in sorted(hits.items())}}
 
 
-def unpruned_flops(vlm, batch) -> int:
-    """Summed prefill FLOPs (`prune.flops`) of the batch's unpruned prompts, without running them."""
-    from .prune.flops import prefill_flops
-
-    cfg = vlm.config.text_config
-    lengths = batch.model_inputs["attention_mask"].sum(1).tolist()  # ok-host: outside any forward pass
-    return sum(prefill_flops([int(n)] * vlm.num_layers, cfg.hidden_size, cfg.intermediate_size) for n in lengths)
-
-
 def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | int = 1.0, batch_size: int = 16,
              max_new_tokens: int = 3, progress: bool = True, seed: int = 0, **knobs) -> dict:
     """Answer `samples` with `method` pruning at `keep`; accuracy, per-type accuracy, FLOPs ratio, times.
@@ -89,6 +80,7 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
     from tqdm.auto import tqdm
 
     from . import prune
+    from .prune.flops import unpruned_prefill_flops
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VTAError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -102,7 +94,7 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
         if seeded:
             knobs["seed"] = seed * len(samples) + i  # the run gives sample b of this chunk seed + b
         if on_image:
-            full += unpruned_flops(vlm, batch)  # of the full-size images
+            full += sum(unpruned_prefill_flops(vlm, batch))  # of the full-size images
             res = prune.run(vlm, vlm.prepare(prune.downsampled(vlm, images, keep), questions), "none",
                             max_new_tokens=max_new_tokens)
             flops += sum(res.flops)

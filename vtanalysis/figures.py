@@ -177,7 +177,12 @@ def _off_diagonal_mean(sim: torch.Tensor) -> float:
 
 def inflection_result(ctx: Context) -> dict:
     """Shift curves of the collection over the samples, their inflection layers and, per keep in
-    KEEPS, the AdaptInfer schedule they imply (or why there is none)."""
+    KEEPS, the AdaptInfer schedule they imply (or why there is none); computed once per run and
+    cached like the scores (the inflection figure and the findings both read it)."""
+    return cached(ctx.cache, "inflection", ctx.key, lambda: _inflection_result(ctx))
+
+
+def _inflection_result(ctx: Context) -> dict:
     from .analysis import inflection as inf
     from .collect.dataset import collect_dataset
     from .prune.budget import keep_count
@@ -213,14 +218,14 @@ def inflection(ctx: Context) -> list[Path]:
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
-    lines = ["AdaptInfer schedules implied", "(prune after each inflection layer):", ""]
-    if not found:
+    if found:
+        lines = ["AdaptInfer schedules implied", "(prune after each inflection layer):", ""]
+        for keep, sched in result["schedules"].items():
+            lines.append(f"keep {keep} (budget {result['budgets'][keep]} of {result['n_image_tokens']}):")
+            lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
+                         "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
+    else:
         lines = ["no inflection layer detected:", "no AdaptInfer schedule follows", "(use a single-stage method)"]
-    for keep, sched in result["schedules"].items() if found else ():
-        budget = result["budgets"][keep]
-        lines.append(f"keep {keep} (budget {budget} of {result['n_image_tokens']}):")
-        lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
-                     "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
     axes[3].axis("off")
     axes[3].text(0, 1, "\n".join(lines), va="top", fontsize=7.5, family="monospace", transform=axes[3].transAxes)
     marks = "dashed: inflection layers (confidence)" if found else "no inflection layer detected"

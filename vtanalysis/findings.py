@@ -35,7 +35,7 @@ def _fmt(x: float) -> str:
 
 def compare(claim: str, source: str, a: dict, b: dict, *, at_least: bool, only=None, samples=None) -> dict:
     """A claim row from two evaluations on the same samples (optionally restricted by `only(sample)`)."""
-    pick = [i for i, s in enumerate(samples)] if only is None else [i for i, s in enumerate(samples) if only(s)]
+    pick = [i for i, s in enumerate(samples) if only is None or only(s)]
     ha, hb = np.asarray(a["hits"])[pick], np.asarray(b["hits"])[pick]
     d, low, high, n = paired(ha, hb)
     measured = (f"{a['method']} {ha.mean():.3f} vs {b['method']} {hb.mean():.3f}; difference {d:+.3f} "

@@ -73,8 +73,13 @@ def require_clip(vlm, clip):
     """The CLIP to use: `clip` as given, else the demo model's own; else a `VTAError` saying what to pass."""
     from ..analysis.grounding import HFClip
 
+    if isinstance(clip, HFClip):
+        return clip
+    if isinstance(clip, tuple):
+        return HFClip(*clip)
     if clip is not None:
-        return clip if isinstance(clip, HFClip) else HFClip(*clip) if isinstance(clip, tuple) else _bad(clip)
+        raise VTAError(f"clip= takes an analysis.grounding.HFClip or a (CLIPModel, CLIPProcessor) pair, not "
+                       f"{type(clip).__name__}.")
     if getattr(vlm, "name", None) == "demo":
         from ..models import demo
 
@@ -86,7 +91,3 @@ def require_clip(vlm, clip):
                    "clip=HFClip(CLIPModel, CLIPProcessor) (or a (model, processor) pair), e.g. for LLaVA-1.5 "
                    "openai/clip-vit-large-patch14-336.")
 
-
-def _bad(clip):
-    raise VTAError(f"clip= takes an analysis.grounding.HFClip or a (CLIPModel, CLIPProcessor) pair, not "
-                   f"{type(clip).__name__}.")

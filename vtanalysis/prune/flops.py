@@ -18,3 +18,10 @@ def layer_flops(n: int, d: int, m: int) -> int:
 def prefill_flops(tokens_per_layer: list[int], d: int, m: int) -> int:
     """Sum of `layer_flops` over the decoder layers, given each layer's token count."""
     return sum(layer_flops(n, d, m) for n in tokens_per_layer)
+
+
+def unpruned_prefill_flops(vlm, batch) -> list[int]:
+    """Per sample: `prefill_flops` of its real (unpadded) prompt tokens through every decoder layer."""
+    cfg = vlm.config.text_config
+    lengths = batch.model_inputs["attention_mask"].sum(1).tolist()  # ok-host: outside any forward pass
+    return [prefill_flops([int(n)] * vlm.num_layers, cfg.hidden_size, cfg.intermediate_size) for n in lengths]

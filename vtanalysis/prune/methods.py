@@ -24,7 +24,7 @@ class Method:
     name: str
     summary: str
     where: str                      # "llm": inside the decoder; "pre": before the LLM; "image": on the image
-    needs: tuple[str, ...]          # "last_row", "text_rows", "image_rows", "keys", "cls", "embeds"
+    needs: tuple[str, ...]          # what the chooser reads: see `engine.Pruner`'s `needs`
     choose: Callable
     plan: Callable
     positions: str = "original"     # default position-id convention

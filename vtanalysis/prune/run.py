@@ -12,7 +12,7 @@ from ..errors import VTAError
 from ..scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage
-from .flops import prefill_flops
+from .flops import prefill_flops, unpruned_prefill_flops
 from .methods import get
 from .vision import VisionCapture, crop_columns, full_crop_tokens, require_cls
 
@@ -215,9 +215,10 @@ def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -
     stages = [_on_host(st) for st in stages]
     cfg = vlm.config.text_config
     d, m, depth = cfg.hidden_size, cfg.intermediate_size, vlm.num_layers
-    flops, full = [], []
+    flops, full = [], unpruned_prefill_flops(vlm, batch)
+    lengths = batch.model_inputs["attention_mask"].sum(1).tolist()  # ok-host: once, after generation
     for b, lay in enumerate(batch.layouts):
-        real = int(batch.model_inputs["attention_mask"][b].sum())
+        real = int(lengths[b])
         per_layer, n = [], real
         for l in range(depth):
             for st in stages:
@@ -225,7 +226,6 @@ def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -
                     n = real - lay.n_image_tokens + st.kept_counts[b]
             per_layer.append(n)
         flops.append(prefill_flops(per_layer, d, m))
-        full.append(prefill_flops([real] * depth, d, m))
     with vlm.tokenizer_lock:  # fast tokenizers are not thread-safe (see VLM.tokenizer_lock)
         answers = vlm.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
     return RunResult(
