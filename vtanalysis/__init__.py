@@ -8,7 +8,8 @@
 
 Submodules reachable as attributes (imported on first use): `vta.prune` (methods, `run`,
 `select`, `register`), `vta.analysis`, `vta.viz`, `vta.models` (`vta.models.tiny`), `vta.collect`,
-`vta.data`, `vta.evaluate`, `vta.perf`.
+`vta.data`, `vta.evaluate`, `vta.perf`, `vta.integrations` (the lmms-eval plugin, its offline
+task and `report`).
 """
 import importlib
 
@@ -19,8 +20,8 @@ from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
            "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError", "WeightsError",
-           "analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"]
-_SUBMODULES = {"analysis", "collect", "data", "evaluate", "models", "perf", "prune", "viz"}
+           "analysis", "collect", "data", "evaluate", "integrations", "models", "perf", "prune", "viz"]
+_SUBMODULES = {"analysis", "collect", "data", "evaluate", "integrations", "models", "perf", "prune", "viz"}
 
 
 def __getattr__(name):

@@ -298,6 +298,41 @@ def eval_cmd(
               f"prefill {r['prefill_s']:.2f}s")
 
 
+@app.command("lmms-task")
+def lmms_task_cmd(
+    out: Path = typer.Argument(Path("lmms_tasks"), help="Folder to write the task into (lmms-eval's --include_path)."),
+    images: int = typer.Option(50, min=1, help="Held-out scenes (about 3.3 questions each)."),
+    seed: int = typer.Option(0, help="First scene seed (seeds below 1,000,000 are held out from training)."),
+):
+    """Write the offline lmms-eval task `vtanalysis-shapes` (held-out shapes scenes, exact match), to
+    check an lmms-eval setup without downloads."""
+    from .integrations.lmms_task import TASK, write_task
+
+    folder = write_task(out, images, seed=seed)
+    print(f"wrote {folder}; run: lmms-eval --model vtanalysis --model_args pretrained=demo --tasks {TASK} "
+          f"--include_path {folder}")
+
+
+@app.command("report")
+def report_cmd(
+    folders: list[Path] = typer.Argument(..., help="lmms-eval --output_path folders (or *_results.json files)."),
+    out: Path = typer.Option(None, help="Also write the table to this markdown file."),
+):
+    """Method x keep x task table from lmms-eval runs of `--model vtanalysis`: the metric (95 %
+    interval), the FLOPs ratio and prefill time per sample from the plugin's records."""
+    from .errors import VTAError
+    from .integrations.lmms_report import collect, markdown
+
+    try:
+        table = markdown(collect(folders))
+    except VTAError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    print(table, end="")
+    if out:
+        out.write_text(table)
+
+
 @app.command("train-demo")
 def train_demo_cmd(
     recipe: str = typer.Option("deep", help="'deep' (the `demo` model: CLIP pretraining, 16-layer LLM, recipe in "

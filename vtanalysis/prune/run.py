@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
+import transformers
 
 from ..errors import VTAError
 from ..scoped import scoped
@@ -35,6 +36,8 @@ class RunResult:
         prefill_s, decode_s: time of the language model's prefill call and of all decoding steps
             (CUDA: between CUDA events around each call; CPU: wall time).
         kv_cache_bytes: size of the KV cache at the end of generation (0 with use_cache=False).
+        step_logits: with `run(forced_ids=)`, FloatTensor [B, T, vocab]: the raw logits of every forced
+            step (log_softmax of step t scores forced token t: a continuation's log-likelihood).
     """
 
     method: str
@@ -51,6 +54,7 @@ class RunResult:
     kept_counts: list[list[int]] = field(default_factory=list)
     kv_cache_bytes: int = 0
     image_tokens_per_layer: list[float] = field(default_factory=list)
+    step_logits: torch.Tensor | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -134,7 +138,8 @@ class _Timer:
 
 
 def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_tokens: int = 8,
-        use_cache: bool = True, positions: str | None = None, **knobs) -> RunResult:
+        use_cache: bool = True, positions: str | None = None, forced_ids: torch.Tensor | None = None,
+        **knobs) -> RunResult:
     """Generate answers with `method` pruning the image tokens inside the model.
 
     Args:
@@ -146,6 +151,10 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         positions: "original" or "renumber" (default: the method's own convention; pre-LLM methods
             renumber, i.e. the LLM sees the shortened sequence, except on M-RoPE models (Qwen2-VL),
             whose kept tokens keep their grid positions).
+        forced_ids: LongTensor [B, T]: decode exactly these tokens (teacher forcing through the same
+            pruned prefill and KV cache as generation; `max_new_tokens` becomes T) and return every
+            step's logits in `step_logits`: the pruned model's likelihood of a given continuation,
+            with the selection made on the prompt alone, as when it answers.
         **knobs: method options (`prune.get(method).knobs`; `vtanalysis methods` lists them), e.g.
             layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer), seed=1 (random); an option the
             method does not have is an error.
@@ -155,6 +164,11 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         raise VTAError(f"'{method}' changes the image before the processor, and this batch is already processed: "
                        f"prepare the batch from prune.downsampled(vlm, images, keep) and run 'none' on it "
                        f"(`vtanalysis.evaluate` and `vtanalysis eval --method {method}` do this).")
+    if forced_ids is not None:
+        if forced_ids.dim() != 2 or forced_ids.shape[0] != len(batch) or forced_ids.shape[1] < 1:
+            raise VTAError(f"forced_ids must be a LongTensor [batch {len(batch)}, tokens >= 1], got shape "
+                           f"{tuple(forced_ids.shape)}.")
+        max_new_tokens = forced_ids.shape[1]
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
                        f"got {max_new_tokens!r}.")
@@ -185,6 +199,8 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
             out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
                                      return_dict_in_generate=True, output_logits=True,
                                      suppress_tokens=[vlm.adapter.image_token_id(vlm.config)],
+                                     logits_processor=None if forced_ids is None else
+                                     [_Force(forced_ids.to(vlm.device), inputs["input_ids"].shape[1])],
                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     finally:
         timer.remove()
@@ -195,7 +211,22 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
                 st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
     result = _result(vlm, batch, method, stages, new, out.logits[0], timer.times, repeats=spec.ordered)
     result.kv_cache_bytes = _cache_bytes(out.past_key_values)
+    if forced_ids is not None:
+        result.step_logits = torch.stack(out.logits, 1).float().cpu()  # ok-host: the result, once, after generation
     return result
+
+
+class _Force(transformers.LogitsProcessor):
+    """A logits processor that leaves only forced token t possible at step t (scores, not the raw
+    logits `output_logits` returns, so the likelihoods are the model's own)."""
+
+    def __init__(self, ids: torch.Tensor, prompt_len: int):
+        self.ids, self.prompt_len = ids, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1] - self.prompt_len  # host ints: shapes, not device values
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter_(1, self.ids[:, t:t + 1], 0.0)
 
 
 def _cache_bytes(cache) -> int:
