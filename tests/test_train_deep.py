@@ -51,3 +51,27 @@ def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
     train_deep.train(tmp_path, TINY, max_steps=1, eval_every=10**6, eval_scenes=2, log=_quiet)
     with pytest.raises(VTAError, match="another recipe"):
         train_deep.train(tmp_path, dataclasses.replace(TINY, lr=5e-4), eval_scenes=2, log=_quiet)
+
+
+def test_exported_weights_resume_in_a_new_folder_with_a_fresh_optimizer(tmp_path):
+    """A session's scratch folder is lost; the exported weights (fp16, no optimizer) resume the run in
+    a new folder at the same stage and step, from those weights, and the history says so."""
+    import pytest
+
+    from vtanalysis.errors import VTAError
+
+    first = train_deep.train(tmp_path / "a", TINY, max_steps=4, eval_every=10**6, eval_scenes=2, log=_quiet)
+    assert (first["stage"], first["step"]) == ("align", 1)
+    exported = train_deep.export_weights(tmp_path / "a", tmp_path / "kept" / "weights.pt")
+    assert exported.stat().st_size < 0.6 * (tmp_path / "a" / "checkpoint.pt").stat().st_size
+    with pytest.raises(VTAError, match="no such file"):
+        train_deep.train(tmp_path / "b", TINY, resume_from=tmp_path / "missing.pt", log=_quiet)
+    resumed = train_deep.train(tmp_path / "b", TINY, max_steps=0, resume_from=exported, eval_every=10**6,
+                               eval_scenes=2, log=_quiet)
+    assert (resumed["stage"], resumed["step"]) == ("align", 1)
+    before, after = first["vlm"].model.state_dict(), resumed["vlm"].model.state_dict()
+    for k in before:
+        torch.testing.assert_close(after[k], before[k].half().float(), rtol=0, atol=0, msg=k)
+    assert "fresh optimizer" in resumed["history"][-1]["event"]
+    done = train_deep.train(tmp_path / "b", TINY, eval_every=10**6, eval_scenes=2, log=_quiet)
+    assert done["finished"]

@@ -349,6 +349,9 @@ def train_demo_cmd(
     device: str = typer.Option("cpu", help="Where to train: cpu or cuda (deep only)."),
     minutes: float = typer.Option(None, min=0, help="deep only: stop cleanly after this many minutes; rerun the same "
                                   "command to resume."),
+    resume_from: Path = typer.Option(None, help="deep only: when OUT has no checkpoint, go on from these exported "
+                                     "weights (`train_deep.export_weights`; the repository keeps the run in progress "
+                                     "in training/demo-deep/weights.pt)."),
     save_to: Path = typer.Option(None, help="Where to save the trained model (default: OUT/model; load it with "
                                  "--model OUT/model. The package's own demo weights are never overwritten)."),
 ):
@@ -374,7 +377,7 @@ def train_demo_cmd(
                               align_steps=defaults.align_steps if align_steps is None else align_steps,
                               instruct_steps=defaults.instruct_steps if steps is None else steps,
                               batch_size=batch_size, lr=defaults.lr if lr is None else lr, seed=seed)
-        result = train_deep.train(out, r, device=_checked_device(device), minutes=minutes)
+        result = train_deep.train(out, r, device=_checked_device(device), minutes=minutes, resume_from=resume_from)
         if not result["finished"]:
             print(f"stopped at stage {result['stage']} step {result['step']}; rerun the same command to resume")
             return

@@ -45,6 +45,7 @@ from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, collate, encode, gr
 
 STAGES = ("clip", "align", "instruct")
 SEED_RANGE = 10_000_000  # each stage's scenes start at TRAIN_SEED0 + stage index x this
+REWARM = 50  # steps of linear learning-rate warm-up for an optimizer restarted mid-stage
 
 
 @dataclass
@@ -196,7 +197,7 @@ def llm_loss(vlm, head, b: dict, aux_weight: float) -> tuple[torch.Tensor, dict]
 # -- the staged, resumable loop ----------------------------------------------------------------------
 def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, device: str = "cpu",
           minutes: float | None = None, max_steps: int | None = None, save_every: int = 100, eval_every: int = 500, eval_scenes: int = 100,
-          threads: int | None = None, bf16: bool = True, log=print) -> dict:
+          threads: int | None = None, bf16: bool = True, resume_from: str | Path | None = None, log=print) -> dict:
     """Run (or resume) the recipe; returns {"finished", "stage", "step", "history", "minutes", "vlm", "clip"}.
 
     `minutes` bounds this call's wall time and `max_steps` its optimizer steps (over all stages): when
@@ -204,6 +205,8 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
     `out` goes on exactly where it stopped. `recipe` must match the checkpoint's (a `VTAError` otherwise).
     `bf16`: the forward passes under bfloat16 autocast (weights and optimizer stay fp32; 1.6x faster
     on a CPU with AVX512-BF16, the usual mixed precision on a GPU).
+    `resume_from`: a file of `export_weights`, used when `out` has no checkpoint yet: the run goes on
+    from its stage and step with a fresh optimizer, its learning rate re-warmed over `REWARM` steps.
     """
     from .errors import VTAError
 
@@ -217,15 +220,24 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
     clip = transformers.CLIPModel(demo.clip_config(proc)).to(device)
     chead = patch_head(clip).to(device)
     ckpt_path = out / "checkpoint.pt"
-    state = torch.load(ckpt_path, weights_only=False, map_location=device) if ckpt_path.is_file() else None
+    source = ckpt_path if ckpt_path.is_file() or resume_from is None else Path(resume_from)
+    if source != ckpt_path and not source.is_file():
+        raise VTAError(f"resume_from={source}: no such file (an `export_weights` file of this recipe).")
+    state = torch.load(source, weights_only=False, map_location=device) if source.is_file() else None
     if state is not None and state["recipe"] != asdict(recipe):
         raise VTAError(f"{ckpt_path} was written by another recipe ({state['recipe']}); resume with that recipe "
                        "or train into a new folder.")
     stage, step = ("clip", 0) if state is None else (state["stage"], state["step"])
     history, spent = ([], 0.0) if state is None else (state["history"], state["minutes"])
+    # the step a fresh optimizer took over mid-stage (resumed from exported weights), kept across stops
+    rewarm_from = None if state is None else state.get("rewarm_from")
     if state is not None:
         clip.load_state_dict(state["clip"])
-        log(f"resumed: stage {stage}, step {step}, {spent:.1f} min so far")
+        if step > 0 and state.get("opt") is None:
+            rewarm_from = step
+            history.append({"stage": stage, "step": step, "event": f"resumed from {source.name} (weights only): "
+                            f"fresh optimizer, learning rate re-warmed over {REWARM} steps"})
+        log(f"resumed from {source}: stage {stage}, step {step}, {spent:.1f} min so far")
     vlm = head = None
     t_start, taken = time.perf_counter(), 0
 
@@ -254,13 +266,14 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
         first = TRAIN_SEED0 + STAGES.index(stage) * SEED_RANGE
         while step < total:
             if (minutes is not None and elapsed() - spent >= minutes) or (max_steps is not None and taken >= max_steps):
-                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed())
+                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed(), rewarm_from)
                 log(f"stopped at stage {stage} step {step}/{total} ({elapsed() - spent:.1f} min in this call); "
                     "run again to resume")
                 return {"finished": False, "stage": stage, "step": step, "history": history, "minutes": elapsed(),
                         "vlm": vlm, "clip": clip}
+            rewarm = 1.0 if rewarm_from is None else min(1.0, (step - rewarm_from + 1) / REWARM)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, lr, warmup=min(recipe.warmup, max(1, total // 10)))
+                group["lr"] = rewarm * lr_at(step, total, lr, warmup=min(recipe.warmup, max(1, total // 10)))
             autocast = torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16,
                                       enabled=bf16)
             if stage == "clip":
@@ -294,9 +307,9 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
                 history.append({"stage": stage, "step": step, "minutes": elapsed(), **running, **metrics})
                 log(json.dumps(history[-1]))
             if step % save_every == 0 or step == total:
-                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed())
+                _save(ckpt_path, recipe, stage, step, clip, chead, vlm, head, opt, history, elapsed(), rewarm_from)
         stage, step = (STAGES[STAGES.index(stage) + 1] if stage != STAGES[-1] else "done"), 0
-        state = None  # the next stage starts from the models in memory, with a fresh optimizer
+        state, rewarm_from = None, None  # the next stage starts from the models in memory, with a fresh optimizer
         _save(ckpt_path, recipe, stage, 0, clip, chead, vlm, head, None, history, elapsed())
     if vlm is None:  # resumed a finished run
         vlm = llava_from(clip, proc, recipe.seed, device)
@@ -307,13 +320,28 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
             "clip": clip, "bf16": bf16}
 
 
-def _save(path, recipe, stage, step, clip, chead, vlm, head, opt, history, minutes) -> None:
-    state = {"recipe": asdict(recipe), "stage": stage, "step": step, "clip": clip.state_dict(),
+def _save(path, recipe, stage, step, clip, chead, vlm, head, opt, history, minutes, rewarm_from=None) -> None:
+    state = {"rewarm_from": rewarm_from, "recipe": asdict(recipe), "stage": stage, "step": step, "clip": clip.state_dict(),
              "clip_head": chead.state_dict(), "history": history, "minutes": minutes,
              "opt_stage": stage if opt is not None else None, "opt": opt.state_dict() if opt is not None else None}
     if vlm is not None:
         state["llava"], state["head"] = vlm.model.state_dict(), head.state_dict()
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def export_weights(out: str | Path, target: str | Path) -> Path:
+    """`out/checkpoint.pt` without its optimizer state and in float16 (about half its size): what a
+    run keeps between sessions whose scratch space does not survive (and a GPU call returns), for
+    `train(resume_from=target)`."""
+    state = torch.load(Path(out) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    state["opt"], state["opt_stage"] = None, None
+    for key in ("clip", "clip_head", "llava", "head"):
+        if key in state:
+            state[key] = {k: v.half() if v.is_floating_point() else v for k, v in state[key].items()}
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
+    return target
 
 
 def save(result: dict, target: str | Path, recipe: Recipe, device: str) -> Path:
