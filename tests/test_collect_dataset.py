@@ -107,3 +107,89 @@ def test_dataset_reader_errors(tmp_path):
     (tmp_path / "questions.jsonl").write_text('{"id": "a", "image": "x.png"}\n')
     with pytest.raises(vta.VTAError, match=r"questions.jsonl:1: missing key\(s\) \['question'\]"):
         read_samples(tmp_path)
+
+
+# -- several processes (issue 15: `accelerate launch -m vtanalysis collect`) -------------------------
+def _assert_same_collection(one: Path, many: Path):
+    """Equal sample records (to 1e-6: batches differ, so padding differs), equal grids and counts, means
+    to float tolerance (float64 sums added in another order)."""
+    rows = lambda d: [json.loads(l) for l in (d / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = rows(one), rows(many)
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for x, y in zip(a, b):
+        for k in x:
+            if isinstance(x[k], list):
+                assert x[k] == pytest.approx(y[k], abs=2e-6), k
+            else:
+                assert x[k] == y[k], k
+    ma, mb = load_file(str(one / "mean_attention.safetensors")), load_file(str(many / "mean_attention.safetensors"))
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], atol=1e-6, rtol=0)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (one, many))
+    assert (sa["n_samples"], sa["grids"], sa["n_skipped"]) == (sb["n_samples"], sb["grids"], sb["n_skipped"])
+
+
+@pytest.mark.parametrize("n,world", [(7, 2), (5, 3), (2, 4)])
+def test_shards_split_as_accelerate_does(n, world):
+    from accelerate import PartialState
+
+    items = list(range(n))
+    parts = [coll.shard(items, r, world) for r in range(world)]
+    assert sum(parts, []) == items
+    state = PartialState()  # one process: compute what process r of `world` would get
+    for r in range(world):
+        state._shared_state.update(process_index=r, num_processes=world)
+        with state.split_between_processes(items) as got:
+            assert list(got) == parts[r]
+    state._shared_state.update(process_index=0, num_processes=1)
+
+
+def test_merged_shards_equal_one_process_and_an_interrupted_shard_resumes(vlm, tmp_path, monkeypatch):
+    one, many = tmp_path / "one", tmp_path / "many"
+    coll.collect_dataset(vlm, SAMPLE, one, batch_size=3, progress=False)
+    coll.collect_dataset(vlm, SAMPLE, many, batch_size=3, progress=False, process=(0, 2))
+    with pytest.raises(vta.VTAError, match="shard 1 of 2 has not run"):
+        coll.merge_shards(vlm, many, 2)
+    real = coll.record_attention
+    calls = {"n": 0}
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coll, "record_attention", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        coll.collect_dataset(vlm, SAMPLE, many, batch_size=3, progress=False, process=(1, 2))
+    with pytest.raises(vta.VTAError, match="shard 1 of 2 .* has 3 of its"):
+        coll.merge_shards(vlm, many, 2)
+    monkeypatch.setattr(coll, "record_attention", real)
+    before = (coll.shard_folder(many, 0, 2) / "state.safetensors").read_bytes()
+    coll.collect_dataset(vlm, SAMPLE, many, batch_size=3, progress=False, process=(0, 2))  # finished: no work
+    assert (coll.shard_folder(many, 0, 2) / "state.safetensors").read_bytes() == before
+    coll.collect_dataset(vlm, SAMPLE, many, batch_size=3, progress=False, process=(1, 2))
+    coll.merge_shards(vlm, many, 2)
+    _assert_same_collection(one, many)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_equals_one(tmp_path):
+    """`accelerate launch --num_processes 2 -m vtanalysis collect` on CPU (gloo) writes the collection
+    one process writes."""
+    import subprocess
+    import sys
+
+    common = ["collect", "--model", "tiny-llava-next", "--data", str(SAMPLE), "--batch-size", "3"]
+    one = subprocess.run([sys.executable, "-m", "vtanalysis", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # --multi_gpu is accelerate's torchrun-style launcher; without GPUs the processes talk over gloo
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "vtanalysis", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert (tmp_path / "two" / "shard-1-of-2" / "shard.json").is_file()
+    _assert_same_collection(tmp_path / "one", tmp_path / "two")

@@ -86,23 +86,56 @@ def collect(
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     save_records: bool = typer.Option(False, help="Also keep every batch's full attention record."),
 ):
-    """Record per-layer text-to-image attention over a dataset; writes mean maps, a figure and a summary."""
-    from .collect.dataset import collect_dataset
+    """Record per-layer text-to-image attention over a dataset; writes mean maps, a figure and a summary.
+
+    Under `accelerate launch -m vtanalysis collect ...` each process collects its shard of the
+    dataset (resumable on its own) and the main process merges them."""
+    from .collect.dataset import collect_dataset, merge_shards
     from .errors import VTAError
     from .files import output_folder
     from .models import load_vlm
 
+    state = _processes()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     try:
         output_folder(out)  # before the demo's scenes are written into it
+        if world > 1 and device == "cpu" and str(state.device) != "cpu":
+            device = str(state.device)  # each process on its own GPU
         vlm = load_vlm(model, device=device)
-        data = data or _demo_heldout(model, out / "data", limit or 64)
+        if data is None and rank == 0:
+            data = _demo_heldout(model, out / "data", limit or 64)
+        if world > 1:
+            state.wait_for_everyone()  # the demo's scenes are written by the main process
+            data = data or out / "data"
         summary = collect_dataset(vlm, data, out, batch_size=batch_size, layers=_parse_layers(layers), limit=limit,
-                                  save_records=save_records)
+                                  save_records=save_records, process=(rank, world), progress=rank == 0)
+        if world > 1:
+            state.wait_for_everyone()
+            if rank > 0:
+                return
+            summary = merge_shards(vlm, out, world)
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
     console.print(f"collected {summary['n_samples']} samples ({summary['n_skipped']} skipped) "
                   f"over layers {summary['layers'][0]}..{summary['layers'][-1]} -> {out}")
+
+
+def _processes():
+    """accelerate's `PartialState` when this runs under `accelerate launch` with several processes
+    (else None; accelerate is optional)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    try:
+        from accelerate import PartialState
+    except ImportError as err:
+        raise typer.BadParameter("several processes (WORLD_SIZE > 1) need accelerate: pip install "
+                                 "'vtanalysis[scale]'.") from err
+    import torch
+
+    return PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes
 
 
 def _parse_keep(text: str):

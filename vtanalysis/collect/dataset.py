@@ -30,6 +30,7 @@ from .record import SampleAttention, record_attention
 STATE = "state.safetensors"
 SAMPLES = "samples.jsonl"
 SKIPPED = "skipped.jsonl"
+SHARD = "shard.json"  # a shard's rank, process count and number of samples (its part of the dataset)
 
 
 def grid_key(grid) -> str:
@@ -119,9 +120,21 @@ def _append(path: Path, rows: list[dict]) -> int:
         return f.tell()
 
 
+def shard_folder(out: Path, rank: int, world: int) -> Path:
+    return Path(out) / f"shard-{rank}-of-{world}"
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """Process `rank`'s contiguous part of `items` as accelerate's `split_between_processes` splits
+    them: len // world each, the first len % world processes one more."""
+    base, extra = divmod(len(items), world)
+    start = rank * base + min(rank, extra)
+    return items[start:start + base + (rank < extra)]
+
+
 def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int = 4, layers="all",
                     limit: int | None = None, types: list[str] | None = None, save_records: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, process: tuple[int, int] = (0, 1)) -> dict:
     """Record attention over a dataset folder and accumulate mean maps; resumable.
 
     Args:
@@ -133,8 +146,12 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         limit: use only the first `limit` samples (after the `types` filter).
         types: keep only samples of these question types (e.g. one task of a benchmark).
         save_records: also save every batch's full `AttentionRecord` under out/records/.
+        process: (rank, number of processes): with more than one, this process collects its `shard`
+            of the samples into out/shard-RANK-of-N/ (resumable on its own) and writes no means;
+            `merge_shards` then makes out/ as one process would have (`accelerate launch -m
+            vtanalysis collect` does both).
     Returns:
-        the summary dict (also written to out/summary.json).
+        the summary dict (also written to out/summary.json; a shard's: its own counts).
     """
     if batch_size < 1:
         raise VTAError(f"batch_size must be >= 1, got {batch_size}.")
@@ -147,6 +164,13 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         if not samples:
             raise VTAError(f"no sample of type {list(types)} in '{data}'; its types: {sorted({s.type for s in read_samples(data)})}.")
     samples = samples[:limit]
+    rank, world = process
+    if not 0 <= rank < world:
+        raise VTAError(f"process {process}: the rank must be in 0..world-1.")
+    if world > 1:
+        samples = shard(samples, rank, world)
+        out = output_folder(shard_folder(out, rank, world))
+        (out / SHARD).write_text(json.dumps({"rank": rank, "world": world, "n_samples": len(samples)}))
     wanted = list(range(vlm.num_layers)) if layers == "all" else sorted({vlm.check_layer(l) for l in layers})
     meta = {"model": vlm.name, "layers": wanted, "data": str(Path(data).resolve()), "types": list(types) if types else None}
     maps, done, offset = MeanMaps(), [], 0
@@ -181,7 +205,44 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
         _save_state(out, maps, done, offset, meta)
         bar.update(len(chunk))
     bar.close()
+    if world > 1:
+        return {**meta, "n_samples": maps.n, "shard": [rank, world], "n_todo": len(samples)}
     return _finish(vlm, out, maps, meta)
+
+
+def merge_shards(vlm, out: str | Path, world: int) -> dict:
+    """Merge the `world` finished shards of out/ (see `collect_dataset(process=)`) into out/: sums and
+    counts added in float64 in shard order, samples.jsonl and skipped.jsonl concatenated in dataset
+    order, then the means, summary and figure as a one-process run writes them."""
+    out = Path(out)
+    merged, done, rows, skipped, metas = MeanMaps(), [], [], [], []
+    for rank in range(world):
+        folder = shard_folder(out, rank, world)
+        if not (folder / STATE).exists():
+            raise VTAError(f"{folder} has no collection: shard {rank} of {world} has not run; relaunch with "
+                           f"{world} processes to finish it.")
+        maps, ids, offset, meta = _load_state(folder)
+        expected = json.loads((folder / SHARD).read_text())["n_samples"]
+        if len(ids) != expected:
+            raise VTAError(f"shard {rank} of {world} ({folder}) has {len(ids)} of its {expected} samples: it was "
+                           f"interrupted; relaunch with {world} processes and it resumes (finished shards are kept).")
+        metas.append(meta)
+        for key, value in maps.sums.items():
+            merged.sums[key] = merged.sums.get(key, 0) + value
+            merged.counts[key] = merged.counts.get(key, 0) + maps.counts[key]
+        if maps.mass is not None:
+            merged.mass = maps.mass if merged.mass is None else merged.mass + maps.mass
+        merged.n += maps.n
+        done += ids
+        rows.append((folder / SAMPLES).read_bytes()[:offset])
+        skipped.append((folder / SKIPPED).read_bytes())
+    if any(m != metas[0] for m in metas):
+        raise VTAError(f"the shards under {out} were collected with different settings ({metas}); collect again "
+                       "into a new folder.")
+    atomic_write(out / SAMPLES, lambda p: Path(p).write_bytes(b"".join(rows)))
+    atomic_write(out / SKIPPED, lambda p: Path(p).write_bytes(b"".join(skipped)))
+    _save_state(out, merged, done, (out / SAMPLES).stat().st_size, metas[0])
+    return _finish(vlm, out, merged, metas[0])
 
 
 def _record_batch(vlm, chunk: list[Sample], layers, skipped: list, records_dir: Path | None):
