@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from . import processes
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Record, analyse and prune visual-token attention in vision-language models.")
 console = Console(stderr=True)
@@ -90,30 +92,23 @@ def collect(
 
     Under `accelerate launch -m vtanalysis collect ...` each process collects its shard of the
     dataset (resumable on its own) and the main process merges them."""
-    from .collect.dataset import collect_dataset, merge_shards
+    from .collect.dataset import collect_sharded
     from .errors import VTAError
     from .files import output_folder
     from .models import load_vlm
 
-    state = _processes()
-    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     try:
+        procs = processes.current()
         output_folder(out)  # before the demo's scenes are written into it
-        if world > 1 and device == "cpu" and str(state.device) != "cpu":
-            device = str(state.device)  # each process on its own GPU
-        vlm = load_vlm(model, device=device)
-        if data is None and rank == 0:
+        vlm = load_vlm(model, device=_process_device(procs, device))
+        if data is None and procs.main:
             data = _demo_heldout(model, out / "data", limit or 64)
-        if world > 1:
-            state.wait_for_everyone()  # the demo's scenes are written by the main process
-            data = data or out / "data"
-        summary = collect_dataset(vlm, data, out, batch_size=batch_size, layers=_parse_layers(layers), limit=limit,
-                                  save_records=save_records, process=(rank, world), progress=rank == 0)
-        if world > 1:
-            state.wait_for_everyone()
-            if rank > 0:
-                return
-            summary = merge_shards(vlm, out, world)
+        procs.wait()  # the demo's scenes are written by the main process
+        data = data or out / "data"
+        summary = collect_sharded(vlm, data, out, procs, batch_size=batch_size, layers=_parse_layers(layers),
+                                  limit=limit, save_records=save_records)
+        if not procs.main:
+            return
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
@@ -121,21 +116,11 @@ def collect(
                   f"over layers {summary['layers'][0]}..{summary['layers'][-1]} -> {out}")
 
 
-def _processes():
-    """accelerate's `PartialState` when this runs under `accelerate launch` with several processes
-    (else None; accelerate is optional)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return None
-    try:
-        from accelerate import PartialState
-    except ImportError as err:
-        raise typer.BadParameter("several processes (WORLD_SIZE > 1) need accelerate: pip install "
-                                 "'vtanalysis[scale]'.") from err
-    import torch
-
-    return PartialState(cpu=not torch.cuda.is_available())  # gloo between CPU processes
+def _process_device(procs, device: str) -> str:
+    """Under several processes with GPUs, each process on its own GPU (accelerate's device)."""
+    if procs.world > 1 and device == "cpu" and str(procs.state.device) != "cpu":
+        return str(procs.state.device)
+    return device
 
 
 def _parse_keep(text: str):
@@ -289,9 +274,13 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     baselines: bool = typer.Option(True, help="With a pruning method, also run the random, uniform and pool "
                                    "baselines at the same keep (2025 studies found them competitive)."),
+    out: Path = typer.Option(None, help="Keep every answer in OUT/<method>-keep<keep>/ (one JSON line per sample, "
+                             "written per batch; a rerun resumes). Needed under `accelerate launch`."),
 ):
-    """Exact-match accuracy overall and per question type, FLOPs ratio and time, optionally pruned."""
-    import json
+    """Exact-match accuracy overall and per question type, FLOPs ratio and time, optionally pruned.
+
+    Under `accelerate launch -m vtanalysis eval --out DIR ...` each process answers its part of the
+    samples and the main process prints the result over all of them."""
     import tempfile
 
     from .data.dataset import read_samples
@@ -300,20 +289,34 @@ def eval_cmd(
     from .models import load_vlm
 
     try:
-        vlm = load_vlm(model, device=device)
+        procs = processes.current()
+        if procs.world > 1 and out is None:
+            raise VTAError("several processes need --out DIR: each writes its answers there and the main process "
+                           "merges them.")
+        vlm = load_vlm(model, device=_process_device(procs, device))
+        ratio = _parse_keep(keep)
         with tempfile.TemporaryDirectory(prefix="vta-heldout-") as scratch:  # removed afterwards
-            data = data or _demo_heldout(model, Path(scratch), samples)
+            if data is None:
+                data = out / "data" if out is not None else Path(scratch)
+                if procs.main:
+                    _demo_heldout(model, data, samples)
+                procs.wait()
             rows = read_samples(data)[:samples]
-            result = evaluate(vlm, rows, method=method, keep=_parse_keep(keep), batch_size=batch_size,
-                              progress=not json_out, **_parse_knobs(knob))
+
+            def run(name, **knobs):
+                return evaluate(vlm, rows, method=name, keep=ratio, batch_size=batch_size, progress=not json_out,
+                                records=out / f"{name}-keep{keep}" if out is not None else None, processes=procs,
+                                **knobs)
+            result = run(method, **_parse_knobs(knob))
             others = {}
             for base in ("random", "uniform", "pool") if baselines and method not in ("none", "random", "uniform", "pool") else ():
-                others[base] = evaluate(vlm, rows, method=base, keep=_parse_keep(keep), batch_size=batch_size,
-                                        progress=not json_out)
+                others[base] = run(base)
                 others[base].pop("predictions")
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
+    if not procs.main:
+        return
     result.pop("predictions")
     result["model"] = model
     if others:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..data.dataset import Sample, read_samples
 from ..errors import VTAError
 from ..files import atomic_write, output_folder
+from ..processes import ONE, Processes, shard
 from .record import SampleAttention, record_attention
 
 STATE = "state.safetensors"
@@ -103,9 +104,13 @@ def _save_state(out: Path, maps: MeanMaps, done: list[str], samples_bytes: int, 
 
 
 def _load_state(out: Path):
-    with safe_open(str(out / STATE), framework="pt") as f:
-        info = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(out / STATE), framework="pt") as f:
+            info = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise VTAError(f"{out / STATE} is corrupt ({type(err).__name__}: {err}); delete the folder {out} and run "
+                       "again to collect it anew (other shards and collections are kept).") from None
     sums = {k[len("sum."):]: v for k, v in tensors.items() if k.startswith("sum.")}
     maps = MeanMaps(sums, json.loads(info["counts"]), tensors.get("mass"), int(info["n"]))
     return maps, json.loads(info["done"]), int(info["samples_bytes"]), json.loads(info["meta"])
@@ -122,14 +127,6 @@ def _append(path: Path, rows: list[dict]) -> int:
 
 def shard_folder(out: Path, rank: int, world: int) -> Path:
     return Path(out) / f"shard-{rank}-of-{world}"
-
-
-def shard(items: list, rank: int, world: int) -> list:
-    """Process `rank`'s contiguous part of `items` as accelerate's `split_between_processes` splits
-    them: len // world each, the first len % world processes one more."""
-    base, extra = divmod(len(items), world)
-    start = rank * base + min(rank, extra)
-    return items[start:start + base + (rank < extra)]
 
 
 def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int = 4, layers="all",
@@ -243,6 +240,20 @@ def merge_shards(vlm, out: str | Path, world: int) -> dict:
     atomic_write(out / SKIPPED, lambda p: Path(p).write_bytes(b"".join(skipped)))
     _save_state(out, merged, done, (out / SAMPLES).stat().st_size, metas[0])
     return _finish(vlm, out, merged, metas[0])
+
+
+def collect_sharded(vlm, data: str | Path, out: str | Path, processes: Processes = ONE, **options) -> dict:
+    """`collect_dataset` over `processes`: each collects its shard, the main process merges them into
+    out/ (`merge_shards`), and every process returns the merged summary. One process: `collect_dataset`."""
+    if processes.world == 1:
+        return collect_dataset(vlm, data, out, **options)
+    collect_dataset(vlm, data, out, process=(processes.rank, processes.world),
+                    **{**options, "progress": options.get("progress", True) and processes.main})
+    processes.wait()
+    if processes.main:
+        merge_shards(vlm, out, processes.world)
+    processes.wait()
+    return json.loads((Path(out) / "summary.json").read_text())
 
 
 def _record_batch(vlm, chunk: list[Sample], layers, skipped: list, records_dir: Path | None):
