@@ -51,3 +51,17 @@ def tiny_clip(vlm, context: int = 6):
     clip.vision_model.load_state_dict(vlm.model.model.vision_tower.state_dict())
     processor = transformers.CLIPProcessor(image_processor=vlm.processor.image_processor, tokenizer=tok)
     return HFClip(clip.eval(), processor, text_suffix=" </s>")
+
+
+class DiesOnCall:
+    """Stands in for `real`; its `die_on`-th call raises KeyboardInterrupt (a run killed mid-way).
+    `calls` counts every call; set `die_on = None` to let every later call through."""
+
+    def __init__(self, real, die_on: int):
+        self.real, self.die_on, self.calls = real, die_on, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.die_on:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)

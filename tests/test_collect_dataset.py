@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from reference import DiesOnCall
 from typer.testing import CliRunner
 
 import vtanalysis as vta
@@ -42,15 +43,7 @@ def test_interrupted_collection_resumes_to_the_same_result(vlm, tmp_path, monkey
     coll.collect_dataset(vlm, SAMPLE, full, batch_size=3, progress=False)
 
     real = coll.record_attention
-    calls = {"n": 0}
-
-    def dies_on_third_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(coll, "record_attention", dies_on_third_batch)
+    monkeypatch.setattr(coll, "record_attention", DiesOnCall(real, 3))
     with pytest.raises(KeyboardInterrupt):
         coll.collect_dataset(vlm, SAMPLE, broken, batch_size=3, progress=False)
     assert len(ids(broken)) == 6  # two batches were checkpointed
@@ -152,15 +145,7 @@ def test_merged_shards_equal_one_process_and_an_interrupted_shard_resumes(vlm, t
     with pytest.raises(vta.VTAError, match="shard 1 of 2 has not run"):
         coll.merge_shards(vlm, many, 2)
     real = coll.record_attention
-    calls = {"n": 0}
-
-    def dies_on_second_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(coll, "record_attention", dies_on_second_batch)
+    monkeypatch.setattr(coll, "record_attention", DiesOnCall(real, 2))
     with pytest.raises(KeyboardInterrupt):
         coll.collect_dataset(vlm, SAMPLE, many, batch_size=3, progress=False, process=(1, 2))
     with pytest.raises(vta.VTAError, match="shard 1 of 2 .* has 3 of its"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from reference import DiesOnCall
 
 import vtanalysis as vta
 from vtanalysis import prune
@@ -43,24 +44,17 @@ def same(a: dict, b: dict):
 
 def test_interrupted_evaluation_resumes_after_the_last_written_batch(vlm, samples, tmp_path, monkeypatch):
     plain = evaluate(vlm, samples, method="fastv", keep=0.25, batch_size=3, progress=False)
-    real, calls = prune.run, {"n": 0}
-
-    def dies_on_third_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(prune, "run", dies_on_third_batch)
+    dies = DiesOnCall(prune.run, 3)
+    monkeypatch.setattr(prune, "run", dies)
     with pytest.raises(KeyboardInterrupt):
         evaluate(vlm, samples, method="fastv", keep=0.25, batch_size=3, progress=False, records=tmp_path)
     part = tmp_path / "part-0-of-1.jsonl"
     assert len(part.read_text().splitlines()) == 1 + 6  # settings + two batches of 3
     with open(part, "a") as f:
         f.write('{"index": 6, "id": "half a li')  # a write cut off by the kill
-    calls["n"] = -100
+    dies.die_on = None
     resumed = evaluate(vlm, samples, method="fastv", keep=0.25, batch_size=3, progress=False, records=tmp_path)
-    assert calls["n"] == -100 + 2  # only the last two batches (3 + 1 samples) ran again
+    assert dies.calls == 3 + 2  # only the last two batches (3 + 1 samples) ran again
     same(resumed, plain)
     assert [json.loads(line)["index"] for line in part.read_text().splitlines()[1:]] == list(range(10))
 
