@@ -65,3 +65,19 @@ class DiesOnCall:
         if self.calls == self.die_on:
             raise KeyboardInterrupt
         return self.real(*args, **kwargs)
+
+
+def run_cli(*args: str, processes: int = 1):
+    """`python -m vtanalysis ARGS`, or under `accelerate launch` with `processes` CPU processes
+    (--multi_gpu is accelerate's torchrun-style launcher; without GPUs they talk over gloo).
+    Returns the finished process; fails the test with its output when it exits non-zero."""
+    import subprocess
+    import sys
+
+    launch = [] if processes == 1 else [
+        "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--multi_gpu", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run([sys.executable, *launch, "-m", "vtanalysis", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

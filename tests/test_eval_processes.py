@@ -2,11 +2,9 @@
 answers written per batch resume after an interruption, and parts answered by several processes merge
 into exactly the predictions, FLOPs and accuracy of one process."""
 import json
-import subprocess
-import sys
 
 import pytest
-from reference import DiesOnCall
+from reference import DiesOnCall, run_cli
 
 import vtanalysis as vta
 from vtanalysis import prune
@@ -95,13 +93,8 @@ def test_accelerate_launch_two_cpu_processes_evaluates_as_one(tmp_path):
     shapes.write_dataset(folder, n_images=4, seed=0, progress=False)
     common = ["eval", "--model", "tiny-llava", "--data", str(folder), "--method", "fastv", "--keep", "0.25",
               "--batch-size", "3", "--no-baselines", "--json"]
-    one = subprocess.run([sys.executable, "-m", "vtanalysis", *common], capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "vtanalysis", *common, "--out", str(tmp_path / "records")],
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = run_cli(*common)
+    two = run_cli(*common, "--out", str(tmp_path / "records"), processes=2)
     a, b = json.loads(one.stdout), json.loads(two.stdout)  # only the main process prints
     assert (a["accuracy"], a["per_type"], a["samples"]) == (b["accuracy"], b["per_type"], b["samples"])
     assert a["flops_ratio"] == pytest.approx(b["flops_ratio"], rel=1e-12)
