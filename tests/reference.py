@@ -67,6 +67,14 @@ class DiesOnCall:
         return self.real(*args, **kwargs)
 
 
+class NoWait:
+    """A stand-in for accelerate's state in `Processes(rank, world, NoWait())`: the test plays the
+    processes one after another, so waiting for the others is a no-op."""
+
+    def wait_for_everyone(self):
+        pass
+
+
 def run_cli(*args: str, processes: int = 1):
     """`python -m vtanalysis ARGS`, or under `accelerate launch` with `processes` CPU processes
     (--multi_gpu is accelerate's torchrun-style launcher; without GPUs they talk over gloo).

@@ -4,7 +4,7 @@ into exactly the predictions, FLOPs and accuracy of one process."""
 import json
 
 import pytest
-from reference import DiesOnCall, run_cli
+from reference import DiesOnCall, NoWait, run_cli
 
 import vtanalysis as vta
 from vtanalysis import prune
@@ -13,13 +13,6 @@ from vtanalysis.data.dataset import read_samples
 from vtanalysis.evaluate import evaluate
 from vtanalysis.models import tiny
 from vtanalysis.processes import Processes
-
-
-class NoWait:
-    """A stand-in for accelerate's state: the test plays the processes one after another."""
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -241,17 +241,24 @@ def figures_cmd(
     batch_size: int = typer.Option(32, min=1, help="Samples per forward pass."),
     device: str = typer.Option("cpu", help="torch device."),
 ):
-    """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections)."""
+    """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections).
+
+    Under `accelerate launch -m vtanalysis figures ...` each process computes its part of the
+    statistics and the main process draws the figures."""
     from .errors import VTAError
     from .figures import make_figures
     from .files import output_folder
     from .models import load_vlm
 
     try:
+        procs = processes.current()
         output_folder(out)
-        vlm = load_vlm(model, device=device)
-        data = data or _demo_heldout(None, out / "cache" / "data", samples)
-        made = make_figures(vlm, data, out, only=only, samples=samples, batch_size=batch_size)
+        vlm = load_vlm(model, device=_process_device(procs, device))
+        if data is None and procs.main:
+            _demo_heldout(None, out / "cache" / "data", samples)
+        procs.wait()  # the demo's scenes are written by the main process
+        made = make_figures(vlm, data or out / "cache" / "data", out, only=only, samples=samples,
+                            batch_size=batch_size, processes=procs)
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)

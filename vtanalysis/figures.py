@@ -3,7 +3,8 @@
 Each figure writes NAME.png, NAME.pdf and the numbers behind it (NAME.json or NAME.csv) into
 `out/`. Expensive intermediate results live in `out/cache/` (attention collections resume;
 scored and evaluated results are reused when their parameters match), so a rerun is fast and
-`--only NAME` redoes one figure.
+`--only NAME` redoes one figure. Under `accelerate launch` every process computes its part of
+the statistics (`STATISTICS`) and the main process draws (`make_figures(processes=)`).
 
     positional_bias   mean last-token image attention per task and layer (AdaptPrune Fig. 2, 8, 9)
     inflection        attention-shift curves and their change points (AdaptInfer)
@@ -33,6 +34,7 @@ import torch
 from .data.dataset import Sample, read_samples
 from .errors import VTAError
 from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint, output_folder
+from .processes import ONE, Processes, shard
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep", "findings")
@@ -66,26 +68,39 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return atomic_write(path, write)
 
 
-def cached(cache: Path, name: str, params: dict, compute):
-    """compute() once per (name, params); the JSON result is kept in cache/ and reused on reruns."""
-    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    path = cache / f"{name}-{key}.json"
+def params_key(params: dict) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def cached(cache: Path, name: str, params: dict, compute, processes: Processes = ONE):
+    """compute() once per (name, params); the JSON result is kept in cache/ and reused on reruns.
+
+    With several processes every one calls this with the same arguments and computes (compute may
+    wait for the others); the main process writes the file, and all return after it is written, so
+    that they agree on what is cached the next time."""
+    path = cache / f"{name}-{params_key(params)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()
-    write_json(path, result)
+    if processes.main:
+        write_json(path, result)
+    processes.wait()
     return result
 
 
 class Context:
-    """What every figure needs: the model, the samples, where to write, and the knobs."""
+    """What every figure needs: the model, the samples, where to write, the knobs, and the processes
+    sharing the statistics (`make_figures`)."""
 
-    def __init__(self, vlm, data: Path, out: Path, samples: int, batch_size: int, progress: bool):
-        self.vlm, self.data, self.out, self.n, self.batch_size, self.progress = vlm, data, out, samples, batch_size, progress
+    def __init__(self, vlm, data: Path, out: Path, samples: int, batch_size: int, progress: bool,
+                 processes: Processes = ONE):
+        self.vlm, self.data, self.out, self.n, self.batch_size = vlm, data, out, samples, batch_size
+        self.processes, self.progress = processes, progress and processes.main
         self.cache = out / "cache"
         self.cache.mkdir(parents=True, exist_ok=True)
         self.samples: list[Sample] = read_samples(data)[:samples]
         self.types = sorted({s.type for s in self.samples if s.type})
+        self.per_type = max(1, samples // max(1, len(self.types)))  # positional bias: samples per task
         # a cached result is reused only for the same weights, data files, sample count and code
         self.key = {"model": vlm.name, "weights": model_fingerprint(vlm.model), "data": data_fingerprint(data),
                     "samples": samples, "code": code_fingerprint()}
@@ -96,21 +111,25 @@ class Context:
         runs can be compared pair-wise."""
         from .evaluate import evaluate, normalise
 
-        def compute():
+        name = f"eval-{method}-{keep}-seed{seed}" + ("-knobs" if knobs else "")  # the key tells knobs apart
+        params = {**self.key, "knobs": knobs}
+
+        def compute():  # the answers go to records/ per batch: an interrupted evaluation resumes
             r = evaluate(self.vlm, self.samples, method=method, keep=keep, batch_size=self.batch_size,
-                         progress=self.progress, seed=seed, **knobs)
+                         progress=self.progress, seed=seed, records=self.cache / "records" / f"{name}-{params_key(params)}",
+                         processes=self.processes, **knobs)
             r["hits"] = [int(normalise(p) == normalise(s.answer)) for p, s in zip(r.pop("predictions"), self.samples)]
             return r
-        name = f"eval-{method}-{keep}-seed{seed}" + ("-knobs" if knobs else "")  # the key tells knobs apart
-        return cached(self.cache, name, {**self.key, "knobs": knobs}, compute)
+        return cached(self.cache, name, params, compute, self.processes)
 
-    def with_masks(self) -> tuple[list[Sample], list[np.ndarray]]:
-        """Samples and their object masks: ground truth where the data has it (`extra.objects` +
-        `targets`, as `data.shapes` writes), else SAM-2 masks grounded to the question by open_clip."""
+    def with_masks(self, samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray]]:
+        """Those of `samples` with an object mask, and the masks: ground truth where the data has it
+        (`extra.objects` + `targets`, as `data.shapes` writes), else SAM-2 masks grounded to the
+        question by open_clip."""
         from .data.shapes import target_mask
 
         if any(s.extra.get("objects") for s in self.samples):
-            pairs = [(s, target_mask(s)) for s in self.samples if s.extra.get("targets") and s.extra.get("objects")]
+            pairs = [(s, target_mask(s)) for s in samples if s.extra.get("targets") and s.extra.get("objects")]
             return [p[0] for p in pairs], [p[1] for p in pairs]
         from .analysis.grounding import Grounder
         from .models.images import load_image
@@ -122,7 +141,7 @@ class Context:
         except Exception as err:  # no network or no cached weights
             raise VTAError(f"'{self.data}' has no object masks and SAM-2 / open_clip weights could not be loaded "
                            f"({type(err).__name__}: {err}); the saliency figures need one or the other.") from err
-        return self.samples, [grounder.mask(load_image(s.image), s.question) for s in self.samples]
+        return samples, [grounder.mask(load_image(s.image), s.question) for s in samples]
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -130,9 +149,8 @@ def positional_bias(ctx: Context) -> list[Path]:
     from .analysis import positional_bias as pb
     from .viz.attention_maps import pick_layers
 
-    per_type = max(1, ctx.n // max(1, len(ctx.types)))
-    maps = pb.task_maps(ctx.vlm, ctx.data, ctx.cache / "positional_bias", ctx.types or None, limit=per_type,
-                        batch_size=ctx.batch_size, progress=ctx.progress)
+    per_type = ctx.per_type
+    maps = _task_maps(ctx)
     names, sim = pb.similarity_matrix(maps)
     layers = list(range(ctx.vlm.num_layers))
     cols = pick_layers(layers, 6)
@@ -170,6 +188,13 @@ def positional_bias(ctx: Context) -> list[Path]:
     return paths
 
 
+def _task_maps(ctx: Context) -> dict:
+    from .analysis import positional_bias as pb
+
+    return pb.task_maps(ctx.vlm, ctx.data, ctx.cache / "positional_bias", ctx.types or None, limit=ctx.per_type,
+                        batch_size=ctx.batch_size, progress=ctx.progress, processes=ctx.processes)
+
+
 def _off_diagonal_mean(sim: torch.Tensor) -> float:
     k = sim.shape[0]
     return float((sim.sum() - sim.diagonal().sum()) / max(1, k * k - k)) if k > 1 else 1.0
@@ -179,16 +204,17 @@ def inflection_result(ctx: Context) -> dict:
     """Shift curves of the collection over the samples, their inflection layers and, per keep in
     KEEPS, the AdaptInfer schedule they imply (or why there is none); computed once per run and
     cached like the scores (the inflection figure and the findings both read it)."""
-    return cached(ctx.cache, "inflection", ctx.key, lambda: _inflection_result(ctx))
+    return cached(ctx.cache, "inflection", ctx.key, lambda: _inflection_result(ctx), ctx.processes)
 
 
 def _inflection_result(ctx: Context) -> dict:
     from .analysis import inflection as inf
-    from .collect.dataset import collect_dataset
+    from .collect.dataset import collect_sharded
     from .prune.budget import keep_count
 
     folder = ctx.cache / "collection_all"
-    collect_dataset(ctx.vlm, ctx.data, folder, batch_size=ctx.batch_size, limit=ctx.n, progress=ctx.progress)
+    collect_sharded(ctx.vlm, ctx.data, folder, ctx.processes, batch_size=ctx.batch_size, limit=ctx.n,
+                    progress=ctx.progress)
     curves = inf.shift_curves(folder)
     found = inf.inflection_layers(curves)
     n_image = ctx.vlm.prepare([ctx.samples[0].image], [ctx.samples[0].question]).layouts[0].n_image_tokens
@@ -237,14 +263,35 @@ def inflection(ctx: Context) -> list[Path]:
 
 
 def _scores(ctx: Context) -> dict:
-    from .analysis.saliency import RULES, score_against_masks
+    """Token scores against the object masks over the samples (`score_against_masks`). With several
+    processes each scores its contiguous part into cache/scores-KEY-part-R-of-N.json (kept when
+    another process fails, so a relaunch redoes only the missing parts), and the parts' rows,
+    concatenated in rank order, give the one-process means (`score_summary`)."""
+    from .analysis.saliency import RULES, score_against_masks, score_summary
 
-    def compute():
-        samples, masks = ctx.with_masks()
+    procs = ctx.processes
+
+    def score(samples):
+        samples, masks = ctx.with_masks(samples)
         rules = RULES if ctx.vlm.adapter.has_cls else tuple(r for r in RULES if r != "cls")
         return score_against_masks(ctx.vlm, samples, masks, rules=rules, batch_size=ctx.batch_size,
                                    keep_scores=True, progress=ctx.progress)
-    return cached(ctx.cache, "scores", ctx.key, compute)
+
+    def compute():
+        if procs.world == 1:
+            return score(ctx.samples)
+        part = lambda rank: ctx.cache / f"scores-{params_key(ctx.key)}-part-{rank}-of-{procs.world}.json"  # noqa: E731
+        if not part(procs.rank).is_file():
+            write_json(part(procs.rank), score(shard(ctx.samples, procs.rank, procs.world)))
+        procs.wait()
+        missing = [str(part(r)) for r in range(procs.world) if not part(r).is_file()]
+        if missing:
+            raise VTAError(f"{', '.join(missing)} missing: a process failed before scoring its part; launch "
+                           f"again with {procs.world} processes (the parts written are kept).")
+        parts = [json.loads(part(r).read_text()) for r in range(procs.world)]
+        return score_summary([row for p in parts for row in p["rows"]], [i for p in parts for i in p["skipped"]],
+                             parts[0]["layer"])
+    return cached(ctx.cache, "scores", ctx.key, compute, procs)
 
 
 def saliency_auc(ctx: Context) -> list[Path]:
@@ -416,18 +463,40 @@ def _row(r: dict, base: dict) -> dict:
             **{f"acc/{t}": v for t, v in r["per_type"].items()}, "hits": r["hits"]}
 
 
-def findings(ctx: Context) -> list[Path]:
+def findings_rows(ctx: Context) -> list[dict]:
     from . import findings as fd
 
     scores = _scores(ctx) if ctx.vlm.adapter.has_cls else {"rows": []}
-    rows = fd.findings(ctx, scores, inflection_result(ctx))
+    return fd.findings(ctx, scores, inflection_result(ctx))
+
+
+def findings(ctx: Context) -> list[Path]:
+    from . import findings as fd
+
+    rows = findings_rows(ctx)
     path = atomic_write(ctx.out / "findings.md", lambda tmp: tmp.write_text(fd.markdown(rows, ctx.vlm.name, len(ctx.samples))))
     return [path, write_json(ctx.out / "findings.json", rows)]
 
 
+# What each figure computes from the model, run by every process before the main one draws it
+# (the figure functions then find it in cache/ or in finished collections).
+STATISTICS = {
+    "positional_bias": _task_maps,
+    "inflection": inflection_result,
+    "saliency_auc": _scores, "t2i_similarity": _scores, "coverage": _scores,
+    "accuracy_vs_keep": accuracy_rows,
+    "findings": findings_rows,
+}
+
+
 def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | None = None, samples: int = 200,
-                 batch_size: int = 8, progress: bool = True, log=print) -> dict[str, list[Path]]:
-    """Write the chosen figures (all by default) and return the files each produced."""
+                 batch_size: int = 8, progress: bool = True, processes: Processes = ONE,
+                 log=print) -> dict[str, list[Path]]:
+    """Write the chosen figures (all by default) and return the files each produced.
+
+    processes: with several (`accelerate launch -m vtanalysis figures`), every process computes its
+        part of each figure's statistics (collections, scores, evaluations; merged as in one
+        process), then the main process draws the figures and returns them; the others return {}."""
     names = list(only) if only else list(FIGURES)
     unknown = set(names) - set(FIGURES)
     if unknown:
@@ -435,11 +504,18 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
     if samples < 1:
         raise VTAError(f"--samples must be >= 1, got {samples}.")
     out = output_folder(out)
-    ctx = Context(vlm, Path(data), out, samples, batch_size, progress)
+    ctx = Context(vlm, Path(data), out, samples, batch_size, progress, processes)
+    drawing = Context(vlm, Path(data), out, samples, batch_size, progress)  # the main process alone
     made = {}
     for name in names:
-        log(f"[figures] {name}")
-        made[name] = globals()[name](ctx)
+        if processes.main:
+            log(f"[figures] {name}")
+        if processes.world > 1 and name in STATISTICS:
+            STATISTICS[name](ctx)
+        if processes.main:
+            made[name] = globals()[name](drawing)
+    if not processes.main:
+        return made
     write_json(out / "figures.json", {"model": vlm.name, "data": str(data), "samples": samples,
                                       "files": {k: [p.name for p in v] for k, v in made.items()}})
     return made

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..collect.dataset import collect_dataset
+from ..collect.dataset import collect_sharded
 from ..errors import VTAError
+from ..processes import ONE, Processes
 
 ROWS = {"last": 0, "text": 1}  # index into the collected maps: last prompt token, mean of text rows
 
@@ -61,8 +62,10 @@ def layer_consistency(maps: torch.Tensor) -> torch.Tensor:
 
 
 def task_maps(vlm, data: str | Path, out: str | Path, types: list[str] | None, *, limit: int | None = None,
-              batch_size: int = 8, rows: str = "last", progress: bool = True) -> dict[str, torch.Tensor]:
-    """Mean maps per question type, each collected into `out/<type>/` (reused when already there).
+              batch_size: int = 8, rows: str = "last", progress: bool = True,
+              processes: Processes = ONE) -> dict[str, torch.Tensor]:
+    """Mean maps per question type, each collected into `out/<type>/` (reused when already there;
+    with several processes, each collects its shard and the main one merges: `collect_sharded`).
 
     Returns {type: [L, h, w]}; with `types` None (a dataset without types), one map named "all".
     """
@@ -70,8 +73,8 @@ def task_maps(vlm, data: str | Path, out: str | Path, types: list[str] | None, *
     for t in types or ["all"]:
         folder = Path(out) / t
         if not (folder / "mean_attention.safetensors").is_file() or _unfinished(folder, limit):
-            collect_dataset(vlm, data, folder, batch_size=batch_size, types=[t] if types else None, limit=limit,
-                            progress=progress)
+            collect_sharded(vlm, data, folder, processes, batch_size=batch_size, types=[t] if types else None,
+                            limit=limit, progress=progress)
         maps[t] = load_maps(folder, rows)[0]
     return maps
 

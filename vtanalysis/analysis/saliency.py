@@ -131,6 +131,13 @@ def score_against_masks(vlm, samples, masks: list[np.ndarray], *, rules=RULES, l
             if keep_scores:
                 row["scores"] = {rule: [round(float(x), 7) for x in sc[real]] for rule, sc in scores.items()}
             rows.append(row)
+    return score_summary(rows, skipped, layer)
+
+
+def score_summary(rows: list[dict], skipped: list[str], layer: int) -> dict:
+    """`score_against_masks`'s result from its rows: the per-rule means over `rows` (NaN ignored).
+    Parts scored by several processes, their rows and skipped ids concatenated in order, give the
+    one-process result."""
     stats = [k for k in (rows[0] if rows else {}) if "/" in k and k != "scores"]
     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in stats}
     return {"rows": rows, "mean": mean, "skipped": skipped, "layer": layer}
