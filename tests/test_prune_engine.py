@@ -191,9 +191,23 @@ def test_errors_name_the_problem(images):
     qwen_batch = qwen.prepare(images[:1], QUESTIONS[:1])
     with pytest.raises(vta.VTAError, match="M-RoPE"):
         prune.run(qwen, qwen_batch, "fastv", 0.5, positions="renumber")
+    with pytest.raises(vta.VTAError, match="M-RoPE"):
+        prune.run(qwen, qwen_batch, "adaptinfer", 0.5, positions="renumber")
     for method in ("fastervlm", "adafv", "visionzip"):
         with pytest.raises(vta.UnsupportedModelError, match=rf"'{method}' needs the vision tower's \[CLS\].*no \[CLS\]"):
             prune.run(qwen, qwen_batch, method, 0.5)
+
+
+@pytest.mark.parametrize("method", ["adaptinfer", "pyramiddrop", "sparsevlm"])
+def test_renumbering_methods_keep_mrope_positions_by_default(images, method):
+    """On Qwen2-VL, in-LLM methods that renumber elsewhere run with the grid (M-RoPE) positions kept:
+    the default equals positions='original' (renumbering M-RoPE ids is undefined)."""
+    qwen = tiny.build("qwen2-vl", num_layers=4)
+    batch = qwen.prepare(images[:1], QUESTIONS[:1])
+    default = prune.run(qwen, batch, method, 0.25, max_new_tokens=2)
+    original = prune.run(qwen, batch, method, 0.25, max_new_tokens=2, positions="original")
+    assert torch.equal(default.token_ids, original.token_ids)
+    torch.testing.assert_close(default.logits, original.logits, rtol=0, atol=0)
 
 
 @torch.no_grad()

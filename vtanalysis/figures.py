@@ -294,9 +294,19 @@ def _scores(ctx: Context) -> dict:
     return cached(ctx.cache, "scores", ctx.key, compute, procs)
 
 
-def saliency_auc(ctx: Context) -> list[Path]:
+def _scored_rows(ctx: Context) -> list[dict]:
+    """The scored samples, or an error saying why none could be scored."""
     result = _scores(ctx)
-    rows = result["rows"]
+    if not result["rows"]:
+        raise VTAError(f"none of the {len(result['skipped'])} samples has an image token more than 50 % inside its "
+                       f"object on {ctx.vlm.name}'s grid (its tokens are too coarse for these objects), so the "
+                       "saliency figures have nothing to score; use larger images or objects, or skip "
+                       "saliency_auc, t2i_similarity and coverage (--only).")
+    return result["rows"]
+
+
+def saliency_auc(ctx: Context) -> list[Path]:
+    rows = _scored_rows(ctx)
     rules = [k[:-len("/auc")] for k in rows[0] if k.endswith("/auc")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
     data = [[r[f"{rule}/auc"] for r in rows] for rule in rules]
@@ -323,7 +333,7 @@ def saliency_auc(ctx: Context) -> list[Path]:
 
 
 def t2i_similarity(ctx: Context) -> list[Path]:
-    rows = _scores(ctx)["rows"]
+    rows = _scored_rows(ctx)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     summary = {}
     for ax, rule, label in zip(axes, ("t2i-cosine", "t2i-inner"), ("normalised cosine", "normalised inner product")):
@@ -342,7 +352,7 @@ def t2i_similarity(ctx: Context) -> list[Path]:
 
 
 def coverage(ctx: Context) -> list[Path]:
-    rows = _scores(ctx)["rows"]
+    rows = _scored_rows(ctx)
     rules = [k[:-len("/auc")] for k in rows[0] if k.endswith("/auc")]
     n_image = max(r["n_image_tokens"] for r in rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

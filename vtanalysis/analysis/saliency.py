@@ -16,6 +16,7 @@ one). Samples without a relevant token are skipped and counted.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -85,7 +86,9 @@ def token_scores(vlm, batch, *, rules=RULES, layer: int = 2) -> list[dict[str, t
     def grab(_module, _args, kwargs):
         grabbed["embeds"] = kwargs["inputs_embeds"].detach()
 
-    with scoped(vlm.adapter.language_model(vlm.model), "pre", grab), VisionCapture(vlm) as capture:
+    # the vision tower is watched only for [CLS] saliency (towers without [CLS] may not be reachable)
+    watch = VisionCapture(vlm) if "cls" in rules else contextlib.nullcontext()
+    with scoped(vlm.adapter.language_model(vlm.model), "pre", grab), watch as capture:
         record = record_attention(vlm, batch, layers=[layer])
         cls = capture.columns(batch) if "cls" in rules else None
     out = []

@@ -149,8 +149,9 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         max_new_tokens: greedy decoding length.
         use_cache: decode with the KV cache (pruned layers cache only kept tokens).
         positions: "original" or "renumber" (default: the method's own convention; pre-LLM methods
-            renumber, i.e. the LLM sees the shortened sequence, except on M-RoPE models (Qwen2-VL),
-            whose kept tokens keep their grid positions).
+            renumber, i.e. the LLM sees the shortened sequence). On M-RoPE models (Qwen2-VL) kept
+            tokens keep their grid positions by default, also for in-LLM methods that renumber
+            elsewhere (AdaptInfer, PyramidDrop, SparseVLM); asking for "renumber" there is an error.
         forced_ids: LongTensor [B, T]: decode exactly these tokens (teacher forcing through the same
             pruned prefill and KV cache as generation; `max_new_tokens` becomes T) and return every
             step's logits in `step_logits`: the pruned model's likelihood of a given continuation,
@@ -180,9 +181,9 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     if spec.resolve_knobs is not None and stages:  # keep-all runs no chooser: nothing to resolve
         choose_knobs = spec.resolve_knobs(vlm, choose_knobs)
     choose = functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose
+    if vlm.adapter.mrope and (spec.where == "pre" or positions is None):
+        positions = "original"  # M-RoPE ids encode the image grid: renumbering them is not defined
     positions = positions or spec.positions
-    if spec.where == "pre" and vlm.adapter.mrope:
-        positions = "original"
     capture = VisionCapture(vlm) if "cls" in spec.needs else None
     pruner = Pruner(vlm, batch, stages, choose, positions=positions, needs=spec.needs, vision=capture,
                     pre=spec.where == "pre", ordered=spec.ordered, crops=crops)
