@@ -78,7 +78,7 @@ def _parse_knobs(items: list[str] | None) -> dict:
 @app.command()
 def collect(
     model: str = typer.Option("demo", help="Hugging Face id, local folder, or a bundled name (demo, tiny-llava, "
-                              "tiny-llava-next, tiny-qwen2-vl)."),
+                              "tiny-llava-next, tiny-llava-onevision, tiny-qwen2-vl)."),
     data: Path = typer.Option(None, help="Dataset folder: images + questions.jsonl. Default for the demo model: "
                               "its held-out scenes, written to OUT/data."),
     out: Path = typer.Option(..., help="Output folder; rerun with the same folder to resume."),
@@ -184,6 +184,22 @@ def methods_cmd():
     for name in prune.methods():
         spec = prune.get(name)
         print(f"{name:<24}{spec.where:<6}{', '.join(spec.knobs) or '-':<22}{spec.summary}")
+
+
+@app.command("families")
+def families_cmd():
+    """List the supported model families: transformers class, tiny model, and what each supports."""
+    from . import prune
+    from .models import tiny
+    from .models.registry import ADAPTERS
+
+    tiny_names = {"llava-1.5": "tiny-llava", **{family: name for name, family in tiny.NAMES.items()}}
+    print(f"{'family':<17}{'transformers class':<42}{'tiny model':<22}{'[CLS]':<7}{'positions':<11}image tokens")
+    for a in ADAPTERS:
+        print(f"{a.family:<17}{a.model_class:<42}{tiny_names.get(a.family, '-'):<22}{'yes' if a.has_cls else 'no':<7}"
+              f"{'M-RoPE' if a.mrope else '1-D RoPE':<11}{'follow the image size' if a.resizable else 'fixed'}")
+    cls = [m for m in prune.methods() if "cls" in prune.get(m).needs]
+    print(f"\n[CLS] no: {', '.join(cls)} are refused there (they rank by the vision [CLS] token's attention).")
 
 
 @app.command("app")

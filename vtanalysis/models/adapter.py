@@ -67,6 +67,11 @@ class Adapter:
                 f"given. Give one image per placeholder."
             )
 
+    def processor_images(self, images: list[list]) -> list:
+        """The `images=` argument of the processor for per-sample lists of PIL images: flat by default
+        (images of all samples in order)."""
+        return [im for ims in images for im in ims]
+
     # -- layout -------------------------------------------------------------------------------
     def image_token_id(self, config) -> int:
         return int(config.image_token_id)

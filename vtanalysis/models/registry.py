@@ -5,9 +5,11 @@ from ..errors import UnsupportedModelError
 from .adapter import Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen25VLAdapter, Qwen2VLAdapter
 
-ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), Qwen2VLAdapter(), Qwen25VLAdapter()]
+ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(), Qwen2VLAdapter(),
+                           Qwen25VLAdapter()]
 
 
 def supported_families() -> list[str]:

@@ -16,7 +16,8 @@ from .registry import adapter_for
 from .vlm import VLM
 from .wordtok import word_tokenizer
 
-NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-qwen2-vl": "qwen2-vl"}
+NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-llava-onevision": "llava-onevision",
+         "tiny-qwen2-vl": "qwen2-vl"}
 FAMILIES = tuple(NAMES.values())
 
 LLAVA_TEMPLATE = (
@@ -37,6 +38,12 @@ QWEN_TEMPLATE = (
     "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ONEVISION_TEMPLATE = (  # the released template's shape: Qwen2 chat turns, images first in the user turn
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -78,6 +85,26 @@ def _llava_next(tok, num_layers):
     return config, processor
 
 
+def _llava_onevision(tok, num_layers):
+    """SigLIP (patch 8 on 32 px crops: a 4x4 base grid, no [CLS]) and a Qwen2 decoder; crops up to 4x4,
+    so that large images pass the released "anyres_max_9" limit and their tile canvas is resized."""
+    pinpoints = [[32 * i, 32 * j] for i in range(1, 5) for j in range(1, 5)]
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=32, patch_size=8, vision_use_head=False)
+    text = transformers.Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **{**TEXT, "num_hidden_layers": num_layers})
+    config = transformers.LlavaOnevisionConfig(
+        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    image_processor = transformers.LlavaOnevisionImageProcessor(size={"height": 32, "width": 32},
+                                                                image_grid_pinpoints=pinpoints)
+    processor = transformers.LlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=transformers.LlavaOnevisionVideoProcessor(),
+        num_image_tokens=(32 // 8) ** 2, vision_feature_select_strategy="full", chat_template=ONEVISION_TEMPLATE,
+        image_token="<image>", video_token="<video>", vision_aspect_ratio="anyres_max_9")
+    return config, processor
+
+
 def _qwen2_vl(tok, num_layers):
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
@@ -103,18 +130,21 @@ def mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
 
 
-_BUILDERS = {"llava": _llava, "llava-next": _llava_next, "qwen2-vl": _qwen2_vl}
+_BUILDERS = {"llava": _llava, "llava-next": _llava_next, "llava-onevision": _llava_onevision, "qwen2-vl": _qwen2_vl}
+_SPECIAL = {"llava-onevision": ["<video>", "<|im_start|>", "<|im_end|>"], "qwen2-vl": QWEN_SPECIAL}
 
 
 def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn_implementation: str = "sdpa") -> VLM:
-    """A randomly initialised tiny VLM of `family` ("llava", "llava-next" or "qwen2-vl"), float32.
+    """A randomly initialised tiny VLM of `family` ("llava", "llava-next", "llava-onevision" or
+    "qwen2-vl"), float32.
 
     Image tokens: llava 8x8 grid (32 px, patch 4); llava-next 4x4 base grid + unpadded tiles
-    + newlines (32 px tiles, patch 8); qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14).
+    + newlines (32 px tiles, patch 8); llava-onevision the same with SigLIP (no [CLS]), crops up to
+    4x4 and the anyres_max_9 resize; qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14).
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(_BUILDERS)}.")
-    extra = ["<image>"] + (QWEN_SPECIAL if family == "qwen2-vl" else [])
+    extra = ["<image>"] + _SPECIAL.get(family, [])
     tok = word_tokenizer(extra_special=extra)
     config, processor = _BUILDERS[family](tok, num_layers)
     config.text_config._attn_implementation = attn_implementation

@@ -147,14 +147,14 @@ class VLM:
             raise PromptError(f"got {len(per_sample)} image entries for {len(texts)} prompts; give one entry per sample.")
         pil = [[load_image(im) for im in ims] for ims in per_sample]
         counts = [len(ims) for ims in pil]
-        flat = [im for ims in pil for im in ims]
+        grouped = self.adapter.processor_images(pil)
         with self.tokenizer_lock:
             if questions is not None:
                 texts = [self.adapter.build_prompt(self.processor, q, n) for q, n in zip(texts, counts)]
             for text, n in zip(texts, counts):
                 self.adapter.check_prompt(self.processor, text, n)
             self.processor.tokenizer.padding_side = "left"
-            inputs = self.processor(images=flat, text=texts, return_tensors="pt", padding=True)
+            inputs = self.processor(images=grouped, text=texts, return_tensors="pt", padding=True)
         model_inputs = dict(inputs)
         length = model_inputs["input_ids"].shape[1]
         context = getattr(self.config.text_config, "max_position_embeddings", None)
@@ -174,7 +174,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     Args:
         name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
             demo LLaVA shipped in the package), or the name of a bundled tiny random model
-            ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl").
+            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl").
         device: where to put the model.
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).
