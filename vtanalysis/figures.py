@@ -20,6 +20,7 @@ the statistics (`STATISTICS`) and the main process draws (`make_figures(processe
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -104,6 +105,15 @@ class Context:
         # a cached result is reused only for the same weights, data files, sample count and code
         self.key = {"model": vlm.name, "weights": model_fingerprint(vlm.model), "data": data_fingerprint(data),
                     "samples": samples, "code": code_fingerprint()}
+
+    def alone(self) -> "Context":
+        """This context for the main process on its own (after the shared statistics are cached):
+        the same samples and cache keys, with no weights hashed or samples read again."""
+        if self.processes.world == 1:
+            return self
+        single = copy.copy(self)
+        single.processes = ONE
+        return single
 
     def evaluation(self, method: str, keep: float, seed: int = 0, **knobs) -> dict:
         """`evaluate` on the samples, once per (method, keep, seed, knobs): the cached result has
@@ -515,7 +525,7 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
         raise VTAError(f"--samples must be >= 1, got {samples}.")
     out = output_folder(out)
     ctx = Context(vlm, Path(data), out, samples, batch_size, progress, processes)
-    drawing = Context(vlm, Path(data), out, samples, batch_size, progress)  # the main process alone
+    drawing = ctx.alone()
     made = {}
     for name in names:
         if processes.main:
