@@ -19,7 +19,9 @@ class Adapter:
         family: human name of the family ("llava-1.5").
         model_types: `config.model_type` values this adapter serves.
         model_class: name of the `transformers` class to load.
-        has_cls: whether the vision tower emits a [CLS] token (needed by [CLS]-saliency methods).
+        has_cls: whether [CLS]-saliency methods can run: the vision tower emits a [CLS] token and each
+            LLM image token is one of its patches.
+        no_cls_reason: why not, where has_cls is False (ends the error [CLS] methods raise).
         mrope: whether positions are multimodal RoPE ids that encode the image grid (Qwen2-VL), so
             renumbering positions after pruning is not defined.
         resizable: whether the processor's image-token count follows the image's size (dynamic
@@ -30,6 +32,7 @@ class Adapter:
     model_types: tuple[str, ...] = ()
     model_class: str = ""
     has_cls: bool = True
+    no_cls_reason: str = "has no [CLS] token"
     mrope: bool = False
     resizable: bool = False
 
@@ -76,8 +79,11 @@ class Adapter:
     def image_token_id(self, config) -> int:
         return int(config.image_token_id)
 
-    def image_specs(self, model_inputs, config, images_per_sample: list[int]) -> list[list]:
-        """Per sample, per image: what `image_tokens` and `arrange` need (a grid shape, a size...)."""
+    def image_specs(self, model_inputs, config, images_per_sample: list[int], originals: list) -> list[list]:
+        """Per sample, per image: what `image_tokens` and `arrange` need (a grid shape, a size...).
+
+        originals: (height, width) of each image as given, before the processor (all samples in order).
+        """
         raise NotImplementedError
 
     def image_tokens(self, spec, config) -> int:
@@ -91,10 +97,11 @@ class Adapter:
         """
         raise NotImplementedError
 
-    def layouts(self, model_inputs, config, images_per_sample: list[int]) -> list[TokenLayout]:
-        """One `TokenLayout` per sample of a processed batch (input_ids [B, L], attention_mask [B, L])."""
+    def layouts(self, model_inputs, config, images_per_sample: list[int], originals: list) -> list[TokenLayout]:
+        """One `TokenLayout` per sample of a processed batch (input_ids [B, L], attention_mask [B, L]);
+        `originals` as in `image_specs`."""
         ids, mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        specs = self.image_specs(model_inputs, config, images_per_sample)
+        specs = self.image_specs(model_inputs, config, images_per_sample, originals)
         out = []
         for b in range(ids.shape[0]):
             first, image_pos, text_pos = text_after_images(ids[b], mask[b], self.image_token_id(config))

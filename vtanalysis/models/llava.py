@@ -24,7 +24,7 @@ class LlavaAdapter(Adapter):
     def base_side(self, config) -> int:
         return config.vision_config.image_size // config.vision_config.patch_size
 
-    def image_specs(self, model_inputs, config, images_per_sample):
+    def image_specs(self, model_inputs, config, images_per_sample, originals):
         self.check_strategy(config)
         return [[self.base_side(config)] * n for n in images_per_sample]
 

@@ -35,7 +35,7 @@ class LlavaNextAdapter(LlavaAdapter):
         unpadded = unpad_image(canvas, torch.as_tensor(image_size))
         return int(unpadded.shape[1]), int(unpadded.shape[2])
 
-    def image_specs(self, model_inputs, config, images_per_sample):
+    def image_specs(self, model_inputs, config, images_per_sample, originals):
         self.check_strategy(config)
         shapes = [self.tile_grid_shape(config, size) for size in model_inputs["image_sizes"].tolist()]
         return per_sample(shapes, images_per_sample)

@@ -54,7 +54,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             return int(h // ratio), int(w // ratio)
         return h, w
 
-    def image_specs(self, model_inputs, config, images_per_sample):
+    def image_specs(self, model_inputs, config, images_per_sample, originals):
         self.check_strategy(config)
         sizes = per_sample(model_inputs["image_sizes"].tolist(), model_inputs["batch_num_images"].tolist())
         # the model tiles only the image of a one-image sample (its `batch_num_images` rule)

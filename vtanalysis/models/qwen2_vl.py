@@ -22,7 +22,7 @@ class Qwen2VLAdapter(Adapter):
         end = getattr(processor.tokenizer, "vision_end_token", None) or "<|vision_end|>"
         return (start + processor.image_token + end) * n_images + question
 
-    def image_specs(self, model_inputs, config, images_per_sample):
+    def image_specs(self, model_inputs, config, images_per_sample, originals):
         merge = config.vision_config.spatial_merge_size
         merged = [(t, h // merge, w // merge) for t, h, w in model_inputs["image_grid_thw"].tolist()]
         return per_sample(merged, images_per_sample)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .adapter import Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen25VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(), Qwen2VLAdapter(),
-                           Qwen25VLAdapter()]
+                           Qwen25VLAdapter(), InternVLAdapter()]
 
 
 def supported_families() -> list[str]:

@@ -17,7 +17,7 @@ from .vlm import VLM
 from .wordtok import word_tokenizer
 
 NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-llava-onevision": "llava-onevision",
-         "tiny-qwen2-vl": "qwen2-vl"}
+         "tiny-qwen2-vl": "qwen2-vl", "tiny-internvl": "internvl"}
 FAMILIES = tuple(NAMES.values())
 
 LLAVA_TEMPLATE = (
@@ -45,6 +45,14 @@ ONEVISION_TEMPLATE = (  # the released template's shape: Qwen2 chat turns, image
     "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+INTERNVL_TEMPLATE = (  # the -hf template's shape: Qwen2 chat turns, "<IMG_CONTEXT>\n" per image first in the turn
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<video>"}
 QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 # Text decoder shared by the tiny families: GQA (4 query heads, 2 KV heads) so head grouping is exercised.
@@ -105,6 +113,24 @@ def _llava_onevision(tok, num_layers):
     return config, processor
 
 
+def _internvl(tok, num_layers):
+    """InternViT (32 px tiles, patch 4: 8x8 patches, pixel-shuffled to 4x4 tokens; [CLS] dropped as
+    'default' does) and a Qwen2 decoder; tiling as released (crop_to_patches, thumbnail) with up to 6
+    tiles, so wide and tall images get multi-tile canvases."""
+    vision = transformers.InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=32, patch_size=4)
+    text = transformers.Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **{**TEXT, "num_hidden_layers": num_layers})
+    config = transformers.InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                                         image_seq_length=16, vision_feature_layer=-1,
+                                         vision_feature_select_strategy="default")
+    image_processor = transformers.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                                         min_patches=1, max_patches=6)
+    processor = transformers.InternVLProcessor(image_processor=image_processor, tokenizer=tok,
+                                               video_processor=transformers.InternVLVideoProcessor(),
+                                               image_seq_length=16, chat_template=INTERNVL_TEMPLATE)
+    return config, processor
+
+
 def _qwen2_vl(tok, num_layers):
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
@@ -130,22 +156,26 @@ def mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
 
 
-_BUILDERS = {"llava": _llava, "llava-next": _llava_next, "llava-onevision": _llava_onevision, "qwen2-vl": _qwen2_vl}
-_SPECIAL = {"llava-onevision": ["<video>", "<|im_start|>", "<|im_end|>"], "qwen2-vl": QWEN_SPECIAL}
+_BUILDERS = {"llava": _llava, "llava-next": _llava_next, "llava-onevision": _llava_onevision, "qwen2-vl": _qwen2_vl,
+             "internvl": _internvl}
+_SPECIAL = {"llava-onevision": ["<video>", "<|im_start|>", "<|im_end|>"], "qwen2-vl": QWEN_SPECIAL,
+            "internvl": ["<|im_start|>", "<|im_end|>"]}
+_NAMED = {"internvl": INTERNVL_NAMED}
 
 
 def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn_implementation: str = "sdpa") -> VLM:
-    """A randomly initialised tiny VLM of `family` ("llava", "llava-next", "llava-onevision" or
-    "qwen2-vl"), float32.
+    """A randomly initialised tiny VLM of `family` ("llava", "llava-next", "llava-onevision",
+    "qwen2-vl" or "internvl"), float32.
 
     Image tokens: llava 8x8 grid (32 px, patch 4); llava-next 4x4 base grid + unpadded tiles
     + newlines (32 px tiles, patch 8); llava-onevision the same with SigLIP (no [CLS]), crops up to
-    4x4 and the anyres_max_9 resize; qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14).
+    4x4 and the anyres_max_9 resize; qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14);
+    internvl 4x4 tokens per 32 px tile (pixel shuffle of 8x8 patches), up to 6 tiles + a thumbnail.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(_BUILDERS)}.")
     extra = ["<image>"] + _SPECIAL.get(family, [])
-    tok = word_tokenizer(extra_special=extra)
+    tok = word_tokenizer(extra_special=extra, named_special=_NAMED.get(family))
     config, processor = _BUILDERS[family](tok, num_layers)
     config.text_config._attn_implementation = attn_implementation
     torch.manual_seed(seed)

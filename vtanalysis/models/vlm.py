@@ -162,7 +162,8 @@ class VLM:
             raise PromptError(f"the longest prompt is {length} tokens (image tokens included) but {self.name}'s "
                               f"language model has a context of {context} positions; shorten the question or "
                               "use fewer or smaller images.")
-        layouts = self.adapter.layouts(model_inputs, self.config, counts)
+        layouts = self.adapter.layouts(model_inputs, self.config, counts,
+                                       [(im.height, im.width) for ims in pil for im in ims])
         return VLMInputs(model_inputs, layouts, texts, counts,
                          questions=list(questions) if questions is not None else None).to(self.device)
 
@@ -174,7 +175,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     Args:
         name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
             demo LLaVA shipped in the package), or the name of a bundled tiny random model
-            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl").
+            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-internvl").
         device: where to put the model.
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).

@@ -17,13 +17,17 @@ BASE_WORDS = (
 ).split()
 
 
-def word_tokenizer(words=BASE_WORDS, extra_special=(), model_max_length: int = 4096) -> PreTrainedTokenizerFast:
+def word_tokenizer(words=BASE_WORDS, extra_special=(), model_max_length: int = 4096,
+                   named_special: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """Word-level, lower-cased tokenizer: special tokens first, then `words` (deduplicated, in order).
 
     Special tokens (e.g. "<image>") are matched before splitting, so placeholders survive intact.
-    Unknown words map to "<unk>".
+    Unknown words map to "<unk>". `named_special` adds special tokens that processors read as
+    tokenizer attributes (InternVL: {"start_image_token": "<img>", ...} gives `tok.start_image_token`
+    and `tok.start_image_token_id`).
     """
-    specials = list(dict.fromkeys([*SPECIAL, *extra_special]))
+    named_special = named_special or {}
+    specials = list(dict.fromkeys([*SPECIAL, *extra_special, *named_special.values()]))
     vocab = {tok: i for i, tok in enumerate(specials)}
     for word in words:
         vocab.setdefault(word.lower(), len(vocab))
@@ -38,5 +42,5 @@ def word_tokenizer(words=BASE_WORDS, extra_special=(), model_max_length: int = 4
         bos_token="<s>",
         eos_token="</s>",
         model_max_length=model_max_length,
-        extra_special_tokens=list(extra_special),
+        extra_special_tokens=dict(named_special) if named_special else list(extra_special),
     )

@@ -41,8 +41,8 @@ def encoder_layers(vlm) -> torch.nn.ModuleList:
 def require_cls(vlm, method: str) -> None:
     if not vlm.adapter.has_cls:
         raise UnsupportedModelError(
-            f"method '{method}' needs the vision tower's [CLS] attention, but {vlm.adapter.family} has no [CLS] "
-            "token; use a method that does not (e.g. 'adafv-t2i', 'fastv', 'adaptprune').")
+            f"method '{method}' needs the vision tower's [CLS] attention, but {vlm.adapter.family} "
+            f"{vlm.adapter.no_cls_reason}; use a method that does not (e.g. 'adafv-t2i', 'fastv', 'adaptprune').")
 
 
 class VisionCapture:
