@@ -1,5 +1,7 @@
 """References the tests compare against: eager attention with output_attentions=True, and the exact
 inputs a model hands its language model."""
+import inspect
+
 import torch
 
 
@@ -29,6 +31,30 @@ def lm_inputs(vlm, batch):
     """The language model, and inputs_embeds and position ids exactly as the model hands them to it."""
     embeds, pos = vlm.language_model_inputs(batch)
     return vlm.adapter.language_model(vlm.model), embeds.clone(), pos.clone()
+
+
+def rotary(lm, h, pos, layer: int):
+    """(cos, sin) of `layer`: layers of different types have their own rotary tables (Gemma 3)."""
+    types = getattr(lm.config, "layer_types", None)
+    if "layer_type" in inspect.signature(lm.rotary_emb.forward).parameters and types:
+        return lm.rotary_emb(h, position_ids=pos, layer_type=types[layer])
+    return lm.rotary_emb(h, position_ids=pos)
+
+
+def prefill_mask(vlm, batch, idx=None):
+    """Additive [1, 1, n, n] mask of sample 0's prefill over the tokens `idx` (default: all), built by
+    hand from the model's rule: causal, or for Gemma 3 causal OR "same image" (its token_type_ids
+    runs); None for causal families (layers then run causal SDPA without a mask)."""
+    types = batch.model_inputs.get("token_type_ids")
+    if types is None or not vlm.adapter.bidirectional_images:
+        return None
+    is_image = types[0] == 1
+    run = torch.cumsum(is_image & ~torch.cat([torch.zeros(1, dtype=torch.bool), is_image[:-1]]), 0)
+    block = torch.where(is_image, run, 0)
+    idx = torch.arange(len(block)) if idx is None else idx
+    block = block[idx]
+    allowed = torch.ones(len(idx), len(idx), dtype=torch.bool).tril() | ((block[:, None] == block[None]) & (block[:, None] > 0))
+    return torch.zeros(len(idx), len(idx)).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
 
 
 def tiny_clip(vlm, context: int = 6):

@@ -21,6 +21,7 @@ def test_families_command_lists_every_adapter_and_what_it_supports():
     assert "tiny-llava-onevision" in lines["llava-onevision"] and " no " in lines["llava-onevision"]
     assert "M-RoPE" in lines["qwen2-vl"] and "fastervlm" in out
     assert "tiny-internvl" in lines["internvl"] and " no " in lines["internvl"]
+    assert "images both ways" in lines["gemma3"] and "causal" in lines["internvl"]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 import vtanalysis as vta
 from conftest import QUESTIONS
-from reference import lm_inputs
+from reference import lm_inputs, prefill_mask, rotary
 from vtanalysis import prune
 from vtanalysis.models import tiny
 
@@ -70,17 +70,18 @@ def fastv_reference(vlm, batch, layer, keep):
     layers >= K on the kept tokens with their original rotary positions (batch of one, no padding)."""
     lm, h, pos = lm_inputs(vlm, batch)
     lay = batch.layouts[0]
-    cos, sin = lm.rotary_emb(h, position_ids=pos)
     n = h.shape[1]
-    causal = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None]
+    mask = prefill_mask(vlm, batch)  # Gemma 3: images attend to themselves both ways
+    causal = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None] if mask is None else mask
     for l in range(layer):
         block = lm.layers[l]
+        cos, sin = rotary(lm, h, pos, l)
         if l == layer - 1:
             vlm.model.set_attn_implementation("eager")
             _, weights = block.self_attn(hidden_states=block.input_layernorm(h), position_embeddings=(cos, sin),
                                          attention_mask=causal)
             vlm.model.set_attn_implementation("sdpa")
-        h = block(h, attention_mask=None, position_embeddings=(cos, sin), position_ids=pos)
+        h = block(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos)
     scores = weights[0, :, -1, lay.image_positions].mean(0)
     kept_cols = torch.topk(scores, keep).indices.sort().values
     kept_img = lay.image_positions[kept_cols]
@@ -88,9 +89,10 @@ def fastv_reference(vlm, batch, layer, keep):
     is_kept[lay.image_positions] = False
     is_kept[kept_img] = True
     idx = is_kept.nonzero().flatten()
-    h, cos, sin = h[:, idx], cos[:, idx], sin[:, idx]
+    h, mask = h[:, idx], prefill_mask(vlm, batch, idx)
     for l in range(layer, len(lm.layers)):
-        h = lm.layers[l](h, attention_mask=None, position_embeddings=(cos, sin))
+        cos, sin = rotary(lm, h, pos, l)
+        h = lm.layers[l](h, attention_mask=mask, position_embeddings=(cos[:, idx], sin[:, idx]))
     logits = vlm.model.lm_head(lm.norm(h))[:, -1]
     return logits, kept_cols
 

@@ -26,6 +26,8 @@ class Adapter:
             renumbering positions after pruning is not defined.
         resizable: whether the processor's image-token count follows the image's size (dynamic
             resolution, anyres tiling), so a smaller image is a smaller budget (`downsample`).
+        bidirectional_images: whether the prefill lets an image's tokens attend to each other both
+            ways (Gemma 3); `attention_blocks` then says which tokens form each image.
     """
 
     family: str = ""
@@ -35,6 +37,7 @@ class Adapter:
     no_cls_reason: str = "has no [CLS] token"
     mrope: bool = False
     resizable: bool = False
+    bidirectional_images: bool = False
 
     # -- prompts ------------------------------------------------------------------------------
     def image_placeholder(self, processor) -> str:
@@ -126,6 +129,11 @@ class Adapter:
         """
         return 0.0, 0.0, 1.0, 1.0
 
+    def attention_blocks(self, model_inputs) -> torch.Tensor | None:
+        """[B, L] long on the inputs' device: per token, the image block it attends to both ways
+        during the prefill (-1: causal only); None where attention is causal (every family but Gemma 3)."""
+        return None
+
     # -- modules ------------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder-only text model (has `.layers`, `.embed_tokens`, `.norm`)."""
@@ -152,3 +160,14 @@ def split_images(image_pos: torch.Tensor, counts: list[int]) -> list[torch.Tenso
             "Each image placeholder must be expanded by the model's own processor (pass the raw prompt)."
         )
     return list(torch.split(image_pos, counts))
+
+
+def image_runs(ids: torch.Tensor, token_id: int) -> list[int]:
+    """Lengths of the contiguous runs of `token_id` in one row of input ids [L] (one per image
+    where images are wrapped in start and end tokens: InternVL, Gemma 3)."""
+    pos = (ids == token_id).nonzero().flatten()
+    if pos.numel() == 0:
+        return []
+    breaks = (pos[1:] - pos[:-1] > 1).nonzero().flatten() + 1
+    edges = [0, *breaks.tolist(), pos.numel()]  # ok-host: processor output, before any forward pass
+    return [b - a for a, b in zip(edges[:-1], edges[1:])]

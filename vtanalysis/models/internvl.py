@@ -20,7 +20,7 @@ import torch
 from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 
 from ..errors import PromptError, UnsupportedModelError
-from .adapter import Adapter, per_sample
+from .adapter import Adapter, image_runs, per_sample
 from .layout import Grid
 
 
@@ -94,13 +94,3 @@ class InternVLAdapter(Adapter):
                  Grid(image, "thumbnail", (side, side), col + n, col + run.numel())]
         return torch.cat([canvas, run[n:]]), grids, []
 
-
-def image_runs(ids: torch.Tensor, token_id: int) -> list[int]:
-    """Lengths of the contiguous runs of `token_id` in one row of input ids [L] (an image each: InternVL
-    wraps every image in start and end tokens)."""
-    pos = (ids == token_id).nonzero().flatten()
-    if pos.numel() == 0:
-        return []
-    breaks = (pos[1:] - pos[:-1] > 1).nonzero().flatten() + 1
-    edges = [0, *breaks.tolist(), pos.numel()]  # ok-host: processor output, before any forward pass
-    return [b - a for a, b in zip(edges[:-1], edges[1:])]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .adapter import Adapter
+from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
@@ -10,7 +11,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen25VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(), Qwen2VLAdapter(),
-                           Qwen25VLAdapter(), InternVLAdapter()]
+                           Qwen25VLAdapter(), InternVLAdapter(), Gemma3Adapter()]
 
 
 def supported_families() -> list[str]:

@@ -17,7 +17,7 @@ from .vlm import VLM
 from .wordtok import word_tokenizer
 
 NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-llava-onevision": "llava-onevision",
-         "tiny-qwen2-vl": "qwen2-vl", "tiny-internvl": "internvl"}
+         "tiny-qwen2-vl": "qwen2-vl", "tiny-internvl": "internvl", "tiny-gemma3": "gemma3"}
 FAMILIES = tuple(NAMES.values())
 
 LLAVA_TEMPLATE = (
@@ -53,6 +53,13 @@ INTERNVL_TEMPLATE = (  # the -hf template's shape: Qwen2 chat turns, "<IMG_CONTE
 )
 INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                   "video_token": "<video>"}
+GEMMA3_TEMPLATE = (  # the released template's shape: Gemma turns, "<start_of_image>" per image first in the turn
+    "{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<start_of_image>' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 # Text decoder shared by the tiny families: GQA (4 query heads, 2 KV heads) so head grouping is exercised.
@@ -131,6 +138,28 @@ def _internvl(tok, num_layers):
     return config, processor
 
 
+def _gemma3(tok, num_layers):
+    """SigLIP (32 px, patch 4: 8x8 patches, average-pooled to 4x4 = 16 tokens per image) and a Gemma 3
+    decoder with sliding and full layers (their own rotary bases, as released), bidirectional attention
+    within each image in the prefill."""
+    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
+    types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
+    text = transformers.Gemma3TextConfig(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=TEXT["max_position_embeddings"],
+        layer_types=types, rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                                            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}},
+        **{**TEXT, "num_hidden_layers": num_layers})
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=32, patch_size=4, vision_use_head=False)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=16,
+                                       boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
+                                       image_token_index=tok.image_token_id)
+    processor = transformers.Gemma3Processor(image_processor=transformers.Gemma3ImageProcessor(size={"height": 32, "width": 32}),
+                                             tokenizer=tok, image_seq_length=16, chat_template=GEMMA3_TEMPLATE)
+    return config, processor
+
+
 def _qwen2_vl(tok, num_layers):
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
@@ -157,20 +186,21 @@ def mrope_section(head_dim: int) -> list[int]:
 
 
 _BUILDERS = {"llava": _llava, "llava-next": _llava_next, "llava-onevision": _llava_onevision, "qwen2-vl": _qwen2_vl,
-             "internvl": _internvl}
+             "internvl": _internvl, "gemma3": _gemma3}
 _SPECIAL = {"llava-onevision": ["<video>", "<|im_start|>", "<|im_end|>"], "qwen2-vl": QWEN_SPECIAL,
-            "internvl": ["<|im_start|>", "<|im_end|>"]}
-_NAMED = {"internvl": INTERNVL_NAMED}
+            "internvl": ["<|im_start|>", "<|im_end|>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"]}
+_NAMED = {"internvl": INTERNVL_NAMED, "gemma3": GEMMA3_NAMED}
 
 
 def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn_implementation: str = "sdpa") -> VLM:
     """A randomly initialised tiny VLM of `family` ("llava", "llava-next", "llava-onevision",
-    "qwen2-vl" or "internvl"), float32.
+    "qwen2-vl", "internvl" or "gemma3"), float32.
 
     Image tokens: llava 8x8 grid (32 px, patch 4); llava-next 4x4 base grid + unpadded tiles
     + newlines (32 px tiles, patch 8); llava-onevision the same with SigLIP (no [CLS]), crops up to
     4x4 and the anyres_max_9 resize; qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14);
-    internvl 4x4 tokens per 32 px tile (pixel shuffle of 8x8 patches), up to 6 tiles + a thumbnail.
+    internvl 4x4 tokens per 32 px tile (pixel shuffle of 8x8 patches), up to 6 tiles + a thumbnail;
+    gemma3 4x4 pooled tokens per image, attended bidirectionally within the image in the prefill.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(_BUILDERS)}.")

@@ -10,10 +10,12 @@ How it attaches: the `forward` of every decoder layer from K_1 on is wrapped for
 a `with Pruner(...)` block, in the calling context only (`vtanalysis.scoped`: threads sharing the
 model each see their own run, or none). The wrapper (1) at K_s gathers the hidden states to the kept tokens,
 (2) passes its own attention mask, built once per stage (causal by original order, padding and
-filler tokens masked; None when there is neither padding nor fillers and the backend is SDPA or
-flash, so their causal kernels run), and (3) passes rotary embeddings for either the ORIGINAL positions of the kept
-tokens (FastV/AdaptPrune convention) or RENUMBERED ones (each token's position minus the number
-of tokens dropped before it: AdaptInfer/SparseVLM convention). Layers >= K_s cache only the kept
+filler tokens masked; in the prefill of Gemma 3 also every kept token of an image to every other of
+that image, as the model's own mask; None when there is neither padding nor fillers nor such
+images and the backend is SDPA or flash, so their causal kernels run), and (3) passes rotary
+embeddings (per layer type where types have their own: Gemma 3's sliding and full layers) for either
+the ORIGINAL positions of the kept tokens (FastV/AdaptPrune convention) or RENUMBERED ones (each
+token's position minus the number of tokens dropped before it: AdaptInfer/SparseVLM convention). Layers >= K_s cache only the kept
 tokens' keys and values, so the KV cache stays consistent during generation.
 
 Methods that act before the LLM (FasterVLM, AdaFV, VisionZip) are a stage at layer 0: they
@@ -26,6 +28,7 @@ ones are padded with dropped tokens that every query masks out ("fillers").
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -191,8 +194,14 @@ class Pruner:
         self.mask_free = self.lm.config._attn_implementation in CAUSAL_WITHOUT_MASK
         self.stage_of = [max([i for i, st in enumerate(stages) if st.layer <= l], default=-1)
                          for l in range(len(self.layers))]
+        # layers of different types (Gemma 3: sliding / full) get their own rotary tables
+        self.layer_type = list(getattr(self.lm.config, "layer_types", None) or [None] * len(self.layers))
+        self._typed_rotary = "layer_type" in inspect.signature(self.lm.rotary_emb.forward).parameters
         # per-sample layout tensors, moved to the device once
         dev = self.device
+        blocks = vlm.adapter.attention_blocks(batch.model_inputs)  # [B, L]: images attended both ways (Gemma 3)
+        self.blocks = None if blocks is None else blocks.to(dev)
+        self.first = torch.tensor([lay.first_position for lay in batch.layouts], device=dev)  # once per run
         self.image_pos = [lay.image_positions.to(dev) for lay in batch.layouts]
         self.text_pos = [lay.text_positions.to(dev) for lay in batch.layouts]
         self.newline_col, self.newline_idx, self.patch_idx = [], [], []
@@ -266,7 +275,9 @@ class Pruner:
         """[B, total] bool: True for real (non-padding) tokens of the whole sequence so far."""
         if self._lm_mask is not None:
             return self._lm_mask.bool().to(self.device)
-        return torch.ones(len(self.batch), self.total_len, dtype=torch.bool, device=self.device)
+        # no 2-D mask reached the language model (none given, or per-layer masks: Gemma 3): the
+        # prompt is left-padded up to each sample's first position, generated tokens are real
+        return torch.arange(self.total_len, device=self.device)[None, :] >= self.first[:, None]
 
     # -- scores at layer K-1 --------------------------------------------------------------------
     def _tap(self, s: int):
@@ -311,11 +322,13 @@ class Pruner:
             if l == stage.layer and not self.decoding:
                 if stage.sel is None:
                     if "own_rows" in self.needs:
-                        self._own_rows(s, hidden_states, attention_mask, position_ids, position_embeddings)
+                        self._own_rows(s, l, hidden_states, attention_mask, position_ids, position_embeddings)
                     self._select(s, hidden_states)
                 hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s)))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
-            rope, ids = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
+            kind = self.layer_type[l]
+            rope, ids = self._cached(s, ("rope", kind), lambda: self._rope(s, position_embeddings, position_ids,
+                                                                          hidden_states, kind))
             return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
         return wrapped
 
@@ -414,14 +427,16 @@ class Pruner:
         stage.kept_counts, stage.real = kept, real
         self._rows.pop(0, None)
 
-    def _own_rows(self, s: int, hidden, attention_mask, position_ids, position_embeddings) -> None:
-        """Rows of layer K's own attention on the hidden states entering it (PyramidDrop ranks with
+    def _own_rows(self, s: int, l: int, hidden, attention_mask, position_ids, position_embeddings) -> None:
+        """Rows of layer K = l's own attention on the hidden states entering it (PyramidDrop ranks with
         them): its q/k after input norm and RoPE, caught by the tap before any attention is
         computed, with the mask and positions of the sequence entering the stage."""
-        layer = self.layers[self.stages[s].layer]
-        if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables
-            attention_mask = self._per_call[(s - 1, "mask")]
-            position_embeddings, position_ids = self._per_call[(s - 1, "rope")]
+        layer = self.layers[l]
+        if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables (of K's type)
+            kind = self.layer_type[l]
+            attention_mask = self._cached(s - 1, "mask", lambda: self._mask(s - 1, hidden.dtype))
+            position_embeddings, position_ids = self._cached(
+                s - 1, ("rope", kind), lambda: self._rope(s - 1, position_embeddings, position_ids, hidden, kind))
         caught = {}
 
         def catch(module, query, key, mask, scaling):
@@ -486,9 +501,12 @@ class Pruner:
         return torch.cat([prompt, pad2d[:, self.prompt_len:]], dim=1)
 
     def _mask(self, s: int, dtype) -> torch.Tensor | None:
-        """Additive mask [B, 1, q, keys] (causal in kept order, padding and fillers masked), or None
-        where plain causal attention is the same thing (no padding, no fillers)."""
-        if not self._needs_mask(s) and (self.decoding or self.mask_free):
+        """Additive mask [B, 1, q, keys] (causal in kept order, padding and fillers masked; in the
+        prefill of a family with bidirectional images, also every kept token of an image to every
+        other of that image, as the model's own mask), or None where plain causal attention is the
+        same thing (no padding, no fillers, causal images)."""
+        both_ways = self.blocks is not None and not self.decoding
+        if not self._needs_mask(s) and not both_ways and (self.decoding or self.mask_free):
             return None
         ok = self._keys_ok(s) if self._needs_mask(s) else None
         if self.decoding:
@@ -496,13 +514,18 @@ class Pruner:
         else:
             n = ok.shape[1] if ok is not None else self.stages[s].sel.shape[1] + self.q_len - self.prompt_len
             allowed = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
+            if both_ways:
+                generated = torch.full((len(self.batch), self.q_len - self.prompt_len), -1, device=self.device)
+                block = torch.cat([self.blocks, generated], dim=1).gather(1, self._tail_pos(s))  # [B, n]
+                allowed = allowed | ((block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0))
             if ok is not None:
                 allowed = (allowed & ok[:, None, :]) | torch.eye(n, dtype=torch.bool, device=self.device)
             allowed = allowed.expand(len(self.batch), n, n)[:, None]
         return torch.zeros((), dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-    def _rope(self, s, position_embeddings, position_ids, hidden):
-        """(cos, sin) and position ids for stage s's tokens."""
+    def _rope(self, s, position_embeddings, position_ids, hidden, kind=None):
+        """(cos, sin) and position ids for stage s's tokens (in layers of type `kind`, where layer types
+        have their own rotary tables)."""
         stage = self.stages[s]
         b = stage.pos.shape[0]
         if self.positions == "original":
@@ -521,11 +544,33 @@ class Pruner:
             valid = torch.cat([stage.valid, torch.ones(b, extra, dtype=torch.bool, device=pos.device)], dim=1)
             dropped_before = pos - (valid.cumsum(1) - valid.long())
             ids = gather_seq(orig, pos) - dropped_before
-        return self.lm.rotary_emb(hidden, position_ids=ids), ids
+        typed = {"layer_type": kind} if self._typed_rotary and kind is not None else {}
+        return self.lm.rotary_emb(hidden, position_ids=ids, **typed), ids
 
     def _tail_pos(self, s: int) -> torch.Tensor:
         """Full-sequence indices of stage s's tokens, with generated tokens appended (no-cache runs)."""
         return append_generated(self.stages[s].pos, self.prompt_len, self.q_len - self.prompt_len)
+
+
+def sliding_window(config) -> int | None:
+    """The window of the text model's sliding-window layers (Gemma 3's local layers, Mistral with a
+    window), or None when every layer attends to the whole sequence."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return window if "sliding_attention" in types else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
+def check_window(vlm, length: int) -> None:
+    """Refuse a run whose sequence (prompt + new tokens) outgrows a sliding attention window: the
+    engine's masks are causal over the whole sequence, and the model's windowed KV cache keeps a
+    fixed number of entries, which after pruning are no longer the last `window` positions."""
+    window = sliding_window(vlm.adapter.language_model(vlm.model).config)
+    if window is not None and length > window:
+        raise VTAError(f"the prompt and new tokens make {length} positions, more than the {window}-token sliding "
+                       f"window of {vlm.name}'s local attention layers; the pruning engine reproduces attention "
+                       "within the window only. Use fewer or smaller images, a shorter question or fewer new tokens.")
 
 
 class _Caught(Exception):

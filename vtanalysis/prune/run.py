@@ -12,7 +12,7 @@ import transformers
 from ..errors import VTAError
 from ..scoped import scoped
 from .budget import average_tokens, keeps_everything
-from .engine import Pruner, Stage
+from .engine import Pruner, Stage, check_window
 from .flops import prefill_flops, unpruned_prefill_flops
 from .methods import get
 from .vision import VisionCapture, crop_columns, full_crop_tokens, require_cls
@@ -173,6 +173,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
                        f"got {max_new_tokens!r}.")
+    check_window(vlm, batch.model_inputs["input_ids"].shape[1] + max_new_tokens)
     if "cls" in spec.needs:
         require_cls(vlm, method)
     knobs, choose_knobs = spec.split_knobs(knobs)

@@ -1,0 +1,63 @@
+"""Gemma 3 (`Gemma3ForConditionalGeneration`): SigLIP patches average-pooled to a fixed token grid,
+and bidirectional attention among an image's tokens during the prefill.
+
+Each image is resized to the tower's input (896 px, patch 14: 64 x 64 patches in the released
+models) and pooled to `mm_tokens_per_image` tokens (256: a 16 x 16 grid), row-major, placed
+between `<start_of_image>` and `<end_of_image>`; the prompt's placeholder is `<start_of_image>`
+(the processor's `image_token`), the expanded tokens are `<image_soft_token>` (config
+`image_token_id`). The prefill mask is causal OR "same image": every token of an image run
+attends to every token of that run (the model's `token_type_ids`), so the pruning engine builds
+its masks from `attention_blocks`. Pan-and-scan crops (off by default) are not handled.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UnsupportedModelError
+from .adapter import Adapter, image_runs
+from .layout import Grid
+
+
+class Gemma3Adapter(Adapter):
+    family = "gemma3"
+    model_types = ("gemma3",)
+    model_class = "Gemma3ForConditionalGeneration"
+    has_cls = False  # SigLIP: every vision token is a patch
+    bidirectional_images = True
+
+    def manual_prompt(self, processor, question, n_images):
+        return ("<start_of_turn>user\n" + f"{processor.image_token}\n" * n_images + question + "<end_of_turn>\n"
+                "<start_of_turn>model\n")
+
+    def processor_images(self, images):
+        return images  # per sample: the processor counts placeholders per sample
+
+    def side(self, config) -> int:
+        side = math.isqrt(config.mm_tokens_per_image)
+        if side * side != config.mm_tokens_per_image:
+            raise UnsupportedModelError(f"mm_tokens_per_image={config.mm_tokens_per_image} is not a square grid.")
+        return side
+
+    def image_specs(self, model_inputs, config, images_per_sample, originals):
+        side = self.side(config)
+        for ids, n_images in zip(model_inputs["input_ids"], images_per_sample):
+            if len(image_runs(ids, self.image_token_id(config))) != n_images:
+                raise UnsupportedModelError(
+                    "the processor gave an image more than one run of image tokens (pan-and-scan crops); vtanalysis "
+                    "handles Gemma 3 images without them: leave do_pan_and_scan=False (the processor's default).")
+        return [[side] * n for n in images_per_sample]
+
+    def image_tokens(self, side, config):
+        return side * side
+
+    def arrange(self, run, side, config, image, col):
+        return run, [Grid(image, "image", (side, side), col, col + side * side)], []
+
+    def attention_blocks(self, model_inputs) -> torch.Tensor | None:
+        """[B, L] long: the index of the image run each token belongs to (-1 for text), as the model
+        derives it from `token_type_ids`; tokens of one run attend to each other both ways."""
+        is_image = model_inputs["token_type_ids"] == 1
+        starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0))[:, :-1]
+        return torch.where(is_image, starts.long().cumsum(1) - 1, -1)
