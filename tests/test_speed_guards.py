@@ -44,7 +44,7 @@ def knobs_for(vlm, method):
     return {"positions": "original"} if vlm.adapter.mrope and spec.positions == "renumber" else {}
 
 
-@pytest.fixture(scope="module", params=["llava", "llava-next"])
+@pytest.fixture(scope="module", params=["llava", "llava-next", "gemma3"])
 def models(request):
     """The same family at depths 8 and 16 (multi-stage schedules have 3 stages at both)."""
     return {depth: tiny.build(request.param, seed=1, num_layers=depth) for depth in (8, 16)}

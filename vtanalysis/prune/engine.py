@@ -326,9 +326,8 @@ class Pruner:
                     self._select(s, hidden_states)
                 hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s)))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
-            kind = self.layer_type[l]
-            rope, ids = self._cached(s, ("rope", kind), lambda: self._rope(s, position_embeddings, position_ids,
-                                                                          hidden_states, kind))
+            ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
+            rope, ids = (position_embeddings, position_ids) if ropes is None else ropes[self.layer_type[l]]
             return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
         return wrapped
 
@@ -433,10 +432,9 @@ class Pruner:
         computed, with the mask and positions of the sequence entering the stage."""
         layer = self.layers[l]
         if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables (of K's type)
-            kind = self.layer_type[l]
             attention_mask = self._cached(s - 1, "mask", lambda: self._mask(s - 1, hidden.dtype))
-            position_embeddings, position_ids = self._cached(
-                s - 1, ("rope", kind), lambda: self._rope(s - 1, position_embeddings, position_ids, hidden, kind))
+            ropes = self._cached(s - 1, "rope", lambda: self._rope(s - 1, position_embeddings, position_ids, hidden))
+            position_embeddings, position_ids = ropes[self.layer_type[l]]
         caught = {}
 
         def catch(module, query, key, mask, scaling):
@@ -523,29 +521,35 @@ class Pruner:
             allowed = allowed.expand(len(self.batch), n, n)[:, None]
         return torch.zeros((), dtype=dtype, device=self.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-    def _rope(self, s, position_embeddings, position_ids, hidden, kind=None):
-        """(cos, sin) and position ids for stage s's tokens (in layers of type `kind`, where layer types
-        have their own rotary tables)."""
-        stage = self.stages[s]
+    def _rope(self, s, position_embeddings, position_ids, hidden) -> dict | None:
+        """Per layer type: ((cos, sin), position ids) of stage s's tokens, built once per call when the
+        stage starts; where types have their own rotary tables (Gemma 3's sliding and full layers) each
+        gets its own from the same ids. None while decoding with original positions: every layer then
+        keeps the tables the model gave it."""
+        stage, kinds = self.stages[s], set(self.layer_type)
         b = stage.pos.shape[0]
+        typed = self._typed_rotary and None not in kinds
         if self.positions == "original":
             if self.decoding:
-                return position_embeddings, position_ids
+                return None
             pos = self._tail_pos(s)
-            cos, sin = position_embeddings
             ids = gather_seq(position_ids, pos) if position_ids is not None else None
-            return (gather_seq(cos, pos), gather_seq(sin, pos)), ids
-        orig = position_ids.expand(b, -1)
-        if self.decoding:
-            ids = orig - stage.dropped[:, None]
+            if not typed or ids is None:
+                cos, sin = position_embeddings
+                return dict.fromkeys(kinds, ((gather_seq(cos, pos), gather_seq(sin, pos)), ids))
         else:
-            pos = self._tail_pos(s)
-            extra = pos.shape[1] - stage.pos.shape[1]
-            valid = torch.cat([stage.valid, torch.ones(b, extra, dtype=torch.bool, device=pos.device)], dim=1)
-            dropped_before = pos - (valid.cumsum(1) - valid.long())
-            ids = gather_seq(orig, pos) - dropped_before
-        typed = {"layer_type": kind} if self._typed_rotary and kind is not None else {}
-        return self.lm.rotary_emb(hidden, position_ids=ids, **typed), ids
+            orig = position_ids.expand(b, -1)
+            if self.decoding:
+                ids = orig - stage.dropped[:, None]
+            else:
+                pos = self._tail_pos(s)
+                extra = pos.shape[1] - stage.pos.shape[1]
+                valid = torch.cat([stage.valid, torch.ones(b, extra, dtype=torch.bool, device=pos.device)], dim=1)
+                dropped_before = pos - (valid.cumsum(1) - valid.long())
+                ids = gather_seq(orig, pos) - dropped_before
+        if typed:
+            return {kind: (self.lm.rotary_emb(hidden, position_ids=ids, layer_type=kind), ids) for kind in kinds}
+        return dict.fromkeys(kinds, (self.lm.rotary_emb(hidden, position_ids=ids), ids))
 
     def _tail_pos(self, s: int) -> torch.Tensor:
         """Full-sequence indices of stage s's tokens, with generated tokens appended (no-cache runs)."""
