@@ -41,6 +41,23 @@ def rotary(lm, h, pos, layer: int):
     return lm.rotary_emb(h, position_ids=pos)
 
 
+def deepstack_features(vlm, batch) -> list:
+    """Qwen3-VL: the DeepStack features [N, D] the model adds after each of its first decoder layers at
+    the image positions (sequence order), caught from its language-model call; [] for other families."""
+    lm, seen = vlm.adapter.language_model(vlm.model), {}
+
+    def catch(module, args, kwargs):
+        seen.update(kwargs)
+
+    handle = lm.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            vlm.model(**batch.model_inputs)
+    finally:
+        handle.remove()
+    return list(seen.get("deepstack_visual_embeds") or [])
+
+
 def prefill_mask(vlm, batch, idx=None):
     """Additive [1, 1, n, n] mask of sample 0's prefill over the tokens `idx` (default: all), built by
     hand from the model's rule: causal, or for Gemma 3 causal OR "same image" (its token_type_ids

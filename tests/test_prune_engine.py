@@ -12,7 +12,7 @@ import torch
 
 import vtanalysis as vta
 from conftest import QUESTIONS
-from reference import lm_inputs, prefill_mask, rotary
+from reference import deepstack_features, lm_inputs, prefill_mask, rotary
 from vtanalysis import prune
 from vtanalysis.models import tiny
 
@@ -72,6 +72,8 @@ def fastv_reference(vlm, batch, layer, keep):
     lay = batch.layouts[0]
     n = h.shape[1]
     mask = prefill_mask(vlm, batch)  # Gemma 3: images attend to themselves both ways
+    deepstack = deepstack_features(vlm, batch)  # Qwen3-VL: added at the image tokens after the first layers
+    image_sorted = lay.image_positions.sort().values
     causal = torch.full((n, n), torch.finfo(h.dtype).min).triu(1)[None, None] if mask is None else mask
     for l in range(layer):
         block = lm.layers[l]
@@ -82,6 +84,8 @@ def fastv_reference(vlm, batch, layer, keep):
                                          attention_mask=causal)
             vlm.model.set_attn_implementation("sdpa")
         h = block(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos)
+        if l < len(deepstack):
+            h[0, image_sorted] += deepstack[l]
     scores = weights[0, :, -1, lay.image_positions].mean(0)
     kept_cols = torch.topk(scores, keep).indices.sort().values
     kept_img = lay.image_positions[kept_cols]
@@ -93,6 +97,9 @@ def fastv_reference(vlm, batch, layer, keep):
     for l in range(layer, len(lm.layers)):
         cos, sin = rotary(lm, h, pos, l)
         h = lm.layers[l](h, attention_mask=mask, position_embeddings=(cos[:, idx], sin[:, idx]))
+        if l < len(deepstack):  # only the kept image tokens get their features
+            kept_sorted = kept_img.sort()
+            h[0, torch.searchsorted(idx, kept_sorted.values)] += deepstack[l][torch.searchsorted(image_sorted, kept_sorted.values)]
     logits = vlm.model.lm_head(lm.norm(h))[:, -1]
     return logits, kept_cols
 

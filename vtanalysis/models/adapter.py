@@ -28,6 +28,8 @@ class Adapter:
             resolution, anyres tiling), so a smaller image is a smaller budget (`downsample`).
         bidirectional_images: whether the prefill lets an image's tokens attend to each other both
             ways (Gemma 3); `attention_blocks` then says which tokens form each image.
+        deepstack: whether the language model adds vision features at the image positions after its
+            first layers (Qwen3-VL's DeepStack: `deepstack_visual_embeds` of its call).
     """
 
     family: str = ""
@@ -38,6 +40,7 @@ class Adapter:
     mrope: bool = False
     resizable: bool = False
     bidirectional_images: bool = False
+    deepstack: bool = False
 
     # -- prompts ------------------------------------------------------------------------------
     def image_placeholder(self, processor) -> str:

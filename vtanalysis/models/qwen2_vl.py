@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL: dynamic resolution, 2x2 patch merge, M-RoPE positions.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: dynamic resolution, 2x2 patch merge, M-RoPE positions.
 
 Each image gives `image_grid_thw` = (t, h, w) in patches; the LLM sees t * (h/m) * (w/m)
 merged tokens (m = spatial_merge_size), row-major over the merged grid, frame by frame.
@@ -42,3 +42,16 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     family = "qwen2.5-vl"
     model_types = ("qwen2_5_vl",)
     model_class = "Qwen2_5_VLForConditionalGeneration"
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    """Qwen3-VL: as Qwen2.5-VL (patch 16, so 32 px per merged token in the released models) with
+    interleaved M-RoPE sections (inside the model's rotary embedding: nothing to arrange) and
+    DeepStack: features of several vision layers are added to the hidden states at the image
+    positions after each of the first len(deepstack_visual_indexes) decoder layers. The pruning
+    engine adds them itself after layers that see a pruned sequence, to the kept tokens only."""
+
+    family = "qwen3-vl"
+    model_types = ("qwen3_vl",)
+    model_class = "Qwen3VLForConditionalGeneration"
+    deepstack = True

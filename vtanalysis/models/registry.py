@@ -8,10 +8,10 @@ from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
-from .qwen2_vl import Qwen25VLAdapter, Qwen2VLAdapter
+from .qwen2_vl import Qwen3VLAdapter, Qwen25VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: list[Adapter] = [LlavaAdapter(), LlavaNextAdapter(), LlavaOnevisionAdapter(), Qwen2VLAdapter(),
-                           Qwen25VLAdapter(), InternVLAdapter(), Gemma3Adapter()]
+                           Qwen25VLAdapter(), Qwen3VLAdapter(), InternVLAdapter(), Gemma3Adapter()]
 
 
 def supported_families() -> list[str]:

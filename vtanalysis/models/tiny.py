@@ -17,7 +17,8 @@ from .vlm import VLM
 from .wordtok import word_tokenizer
 
 NAMES = {"tiny-llava": "llava", "tiny-llava-next": "llava-next", "tiny-llava-onevision": "llava-onevision",
-         "tiny-qwen2-vl": "qwen2-vl", "tiny-internvl": "internvl", "tiny-gemma3": "gemma3"}
+         "tiny-qwen2-vl": "qwen2-vl", "tiny-internvl": "internvl", "tiny-gemma3": "gemma3",
+         "tiny-qwen3-vl": "qwen3-vl"}
 FAMILIES = tuple(NAMES.values())
 
 LLAVA_TEMPLATE = (
@@ -179,6 +180,27 @@ def _qwen2_vl(tok, num_layers):
     return config, processor
 
 
+def _qwen3_vl(tok, num_layers):
+    """Qwen3-VL: patch 16, 2x2 merge (up to 6x6 merged tokens at <= 192x192 px), interleaved M-RoPE, and
+    DeepStack features from vision layers 0 and 1 added after decoder layers 0 and 1."""
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
+    text = dict(TEXT, num_hidden_layers=num_layers, vocab_size=len(tok), head_dim=head_dim, pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim),
+                                 "mrope_interleaved": True})
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=TEXT["hidden_size"], num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1])
+    config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision,
+                                        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                                        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    image_processor = transformers.Qwen2VLImageProcessor(min_pixels=64 * 64, max_pixels=192 * 192, patch_size=16,
+                                                         merge_size=2, temporal_patch_size=2)
+    processor = transformers.Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                              video_processor=transformers.Qwen3VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+    return config, processor
+
+
 def mrope_section(head_dim: int) -> list[int]:
     """M-RoPE (t, h, w) rotary sections summing to head_dim / 2, in Qwen2-VL's 1:1.5:1.5 proportion."""
     half = head_dim // 2
@@ -186,21 +208,23 @@ def mrope_section(head_dim: int) -> list[int]:
 
 
 _BUILDERS = {"llava": _llava, "llava-next": _llava_next, "llava-onevision": _llava_onevision, "qwen2-vl": _qwen2_vl,
-             "internvl": _internvl, "gemma3": _gemma3}
+             "internvl": _internvl, "gemma3": _gemma3, "qwen3-vl": _qwen3_vl}
 _SPECIAL = {"llava-onevision": ["<video>", "<|im_start|>", "<|im_end|>"], "qwen2-vl": QWEN_SPECIAL,
-            "internvl": ["<|im_start|>", "<|im_end|>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"]}
+            "internvl": ["<|im_start|>", "<|im_end|>"], "gemma3": ["<start_of_turn>", "<end_of_turn>"],
+            "qwen3-vl": QWEN_SPECIAL}
 _NAMED = {"internvl": INTERNVL_NAMED, "gemma3": GEMMA3_NAMED}
 
 
 def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn_implementation: str = "sdpa") -> VLM:
     """A randomly initialised tiny VLM of `family` ("llava", "llava-next", "llava-onevision",
-    "qwen2-vl", "internvl" or "gemma3"), float32.
+    "qwen2-vl", "qwen3-vl", "internvl" or "gemma3"), float32.
 
     Image tokens: llava 8x8 grid (32 px, patch 4); llava-next 4x4 base grid + unpadded tiles
     + newlines (32 px tiles, patch 8); llava-onevision the same with SigLIP (no [CLS]), crops up to
     4x4 and the anyres_max_9 resize; qwen2-vl up to 6x6 merged tokens (<= 168x168 px, patch 14);
     internvl 4x4 tokens per 32 px tile (pixel shuffle of 8x8 patches), up to 6 tiles + a thumbnail;
-    gemma3 4x4 pooled tokens per image, attended bidirectionally within the image in the prefill.
+    gemma3 4x4 pooled tokens per image, attended bidirectionally within the image in the prefill;
+    qwen3-vl up to 6x6 merged tokens (<= 192x192 px, patch 16) with DeepStack after layers 0 and 1.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown tiny family '{family}'; choose one of {', '.join(_BUILDERS)}.")

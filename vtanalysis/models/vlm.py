@@ -175,8 +175,8 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     Args:
         name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
             demo LLaVA shipped in the package), or the name of a bundled tiny random model
-            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-internvl",
-            "tiny-gemma3").
+            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen3-vl",
+            "tiny-internvl", "tiny-gemma3").
         device: where to put the model.
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).

@@ -212,6 +212,13 @@ class Pruner:
             self.newline_idx.append(is_newline.nonzero().flatten().to(dev))
             self.patch_idx.append((~is_newline).nonzero().flatten().to(dev))
         self.crops = [[c.to(dev) for c in sample] for sample in crops or []]
+        if vlm.adapter.deepstack:  # per sample, per column: its row in the DeepStack features (sequence order)
+            offsets = [0]
+            for lay in batch.layouts:
+                offsets.append(offsets[-1] + lay.n_image_tokens)
+            self.deepstack_row = [(o + torch.argsort(torch.argsort(lay.image_positions))).to(dev)
+                                  for o, lay in zip(offsets, batch.layouts)]
+        self._deepstack = None  # this call's DeepStack features of layers the engine adds them after
         if ordered:  # host-known layout for `_build_ordered`: the non-image positions, each column's block start
             self.other_pos, self.block_start = [], []
             for lay in batch.layouts:
@@ -237,6 +244,8 @@ class Pruner:
         for l in range(first, len(self.layers)):
             self._stack.enter_context(scoped(self.layers[l], "around", self._wrap(l)))
         self._stack.enter_context(scoped(self.lm, "pre", self._on_call))
+        if self.vlm.adapter.deepstack:
+            self._stack.enter_context(scoped(self.lm, "around", self._split_deepstack))
         if "embeds" in self.needs and self.stages and self.stages[0].layer > 0:
             self._stack.enter_context(scoped(self.layers[0], "pre", self._on_input_embeds))
         own = "own_rows" in self.needs  # scores from layer K's own q/k instead (PyramidDrop)
@@ -266,6 +275,29 @@ class Pruner:
         else:
             self.total_len += 1
         self._per_call = {}
+
+    def _split_deepstack(self, forward, *args, **kwargs):
+        """Qwen3-VL: the language model adds DeepStack features after layers 0 .. n-1 at the full sequence's
+        image positions; it keeps those before the first stage, the engine adds the rest to the kept
+        image tokens (`_add_deepstack`)."""
+        features = kwargs.get("deepstack_visual_embeds")
+        first = self.stages[0].layer if self.stages else len(self.layers)
+        self._deepstack = None
+        if features is not None and len(features) > first:
+            kwargs["deepstack_visual_embeds"], self._deepstack = features[:first], features
+        return forward(*args, **kwargs)
+
+    def _add_deepstack(self, s: int, l: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, L', D] after layer l with layer l's DeepStack features [N, D] added at stage s's
+        kept image tokens (each the feature row of its column), as the model adds them at all of them."""
+        def index():
+            stage, width = self.stages[s], hidden.shape[1]
+            target = torch.cat([b * width + img for b, img in enumerate(stage.image)])
+            rows = torch.cat([self.deepstack_row[b][cols] for b, cols in enumerate(stage.columns)])
+            return target, rows
+        target, rows = self._cached(s, "deepstack", index)
+        features = self._deepstack[l].to(hidden.device, hidden.dtype)
+        return hidden.flatten(0, 1).index_add(0, target, features[rows]).view_as(hidden)
 
     @property
     def decoding(self) -> bool:
@@ -328,7 +360,10 @@ class Pruner:
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
             ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
             rope, ids = (position_embeddings, position_ids) if ropes is None else ropes[self.layer_type[l]]
-            return forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
+            out = forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
+            if self._deepstack is not None and l < len(self._deepstack):
+                out = self._add_deepstack(s, l, out)
+            return out
         return wrapped
 
     def _cached(self, s: int, what: str, make):

@@ -81,18 +81,34 @@ class PoolMerge:
         if embeds is None or embeds.shape[1] < self.prompt_len:  # decoding: the prompt is cached
             return None
         out = embeds.clone()
+        # Qwen3-VL's DeepStack features [N, D] (rows: every sample's image tokens in sequence order) are
+        # pooled over the same blocks, so a kept token carries its block's mean at every layer
+        deepstack = [f.clone() for f in kwargs.get("deepstack_visual_embeds") or []]
+        offset = 0
         for b, lay in enumerate(self.batch.layouts):
             grids = lay.grids
             counts = grid_counts([g.stop - g.start for g in grids], self.stage.keep(b) - len(lay.newline_columns))
+            in_order = lay.image_positions.sort().values
             for g, k in zip(grids, counts):
                 (h, w), pos = g.shape, lay.image_positions[g.start:g.stop].to(embeds.device)
                 points, taken = lattice(h, w, k, embeds.device)
                 if not len(points):
                     continue
-                blocks = F.adaptive_avg_pool2d(embeds[b, pos].T.reshape(1, -1, h, w).float(), lattice_shape(h, w, k))
-                out[b, pos[points]] = blocks.flatten(2)[0].T[taken].to(out.dtype)
+                out[b, pos[points]] = pool_blocks(embeds[b, pos], h, w, k, taken).to(out.dtype)
+                rows = (offset + torch.searchsorted(in_order, lay.image_positions[g.start:g.stop])).to(embeds.device)
+                for f in deepstack:
+                    f[rows[points]] = pool_blocks(f[rows], h, w, k, taken).to(f.dtype)
+            offset += lay.n_image_tokens
         kwargs["inputs_embeds"] = out
+        if deepstack:
+            kwargs["deepstack_visual_embeds"] = deepstack
         return args, kwargs
+
+
+def pool_blocks(values: torch.Tensor, h: int, w: int, k: int, taken: torch.Tensor) -> torch.Tensor:
+    """values [h w, D] of one grid (row-major) -> [k, D]: the means of the lattice blocks taken."""
+    blocks = F.adaptive_avg_pool2d(values.T.reshape(1, -1, h, w).float(), lattice_shape(h, w, k))
+    return blocks.flatten(2)[0].T[taken]
 
 
 def prepare_pool(vlm, batch, stage, capture, crops):
