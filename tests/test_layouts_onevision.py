@@ -97,3 +97,46 @@ def test_released_arithmetic(released, size, tiles):
     assert base.shape == (27, 27) and tile.shape == tiles
     assert lay.n_image_tokens == 729 + tiles[0] * tiles[1] + tiles[0]
     assert not released.adapter.has_cls
+
+
+def tower_attentions(vlm, batch, layer):
+    """[V, N] the eager SigLIP attention each patch receives at `layer`, mean over queries and heads,
+    for the tower's inputs as the model feeds them (caught at the tower)."""
+    tower, seen = vlm.model.model.vision_tower, {}
+    handle = tower.register_forward_pre_hook(lambda m, a, k: seen.update(pixel_values=a[0] if a else k["pixel_values"]),
+                                             with_kwargs=True)
+    try:
+        with torch.no_grad():
+            vlm.model(**batch.model_inputs)
+    finally:
+        handle.remove()
+    vlm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = tower(seen["pixel_values"], output_attentions=True).attentions[layer]  # [V, H, N, N]
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
+    return att.mean(-2).mean(1)
+
+
+def test_cls_methods_rank_by_the_attention_each_patch_receives(vlm):
+    """No [CLS] in SigLIP: FasterVLM, AdaFV, SCOPE and VisPruner rank by VisPruner's substitute for SigLIP
+    towers (`attentions[-1].mean(dim=-2)`, head mean); VisionZip and CDPruner still need the token."""
+    from vtanalysis.prune.vision import VisionCapture, to_columns
+
+    batch = vlm.prepare([photo(40, 60)], ["what color is the circle ?"])
+    want = tower_attentions(vlm, batch, -1)
+    with VisionCapture(vlm) as capture, torch.no_grad():
+        vlm.model(**batch.model_inputs)
+    torch.testing.assert_close(capture.saliency, want, atol=1e-6, rtol=0)
+    lay = batch.layouts[0]
+    saliency = to_columns(vlm, batch, want[..., None])[0][:, 0]  # through the model's own packing
+    k = 10
+    res = vta.prune.run(vlm, batch, "fastervlm", k, max_new_tokens=1)
+    patches = torch.tensor([c for c in range(lay.n_image_tokens) if c not in lay.newline_columns])
+    top = patches[torch.topk(saliency[patches], k).indices].sort().values
+    kept = res.kept[0][0].cpu().sort().values
+    assert torch.equal(kept[~torch.isin(kept, torch.tensor(lay.newline_columns))], top)  # newlines kept on top
+    for method in ("visionzip", "cdpruner"):
+        with pytest.raises(vta.errors.UnsupportedModelError, match=r"no \[CLS\] token"):
+            vta.prune.run(vlm, batch, method, 0.5)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import QUESTIONS
 from reference import tiny_clip
 from vtanalysis import prune
+from vtanalysis.prune.vision import vision_refusal
 from vtanalysis.models import tiny
 from vtanalysis.prune import diversity
 from vtanalysis.prune.spatial import lattice
@@ -129,7 +130,7 @@ def test_uniform_lattice_spreads_evenly_in_2d():
 def test_budgets_on_every_family(images, family, method):
     """Kept counts equal the engine's budget on every family, batch of three with padding."""
     vlm = tiny.build(family, seed=1, num_layers=4)
-    if "cls" in prune.get(method).needs and not vlm.adapter.has_cls:
+    if vision_refusal(vlm, prune.get(method).needs) is not None:
         pytest.skip("no vision [CLS] token in this family")
     knobs = {"positions": "original"} if vlm.adapter.mrope else {}
     if method == "cdpruner":

@@ -14,6 +14,7 @@ import vtanalysis as vta
 from conftest import QUESTIONS
 from reference import deepstack_features, lm_inputs, prefill_mask, rotary
 from vtanalysis import prune
+from vtanalysis.prune.vision import vision_refusal
 from vtanalysis.models import tiny
 
 
@@ -25,7 +26,7 @@ def vlm4(request):
 def knobs_for(vlm, method, knobs):
     """Qwen2-VL: no [CLS] (skip those methods), and renumbering methods keep original M-RoPE positions."""
     spec = prune.get(method)
-    if "cls" in spec.needs and not vlm.adapter.has_cls:
+    if vision_refusal(vlm, spec.needs) is not None:
         pytest.skip("no vision [CLS] token in this family")
     if spec.positions == "renumber" and spec.where == "llm" and vlm.adapter.mrope:
         return {**knobs, "positions": "original"}

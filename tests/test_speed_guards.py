@@ -20,6 +20,7 @@ import torch
 import vtanalysis as vta
 from conftest import QUESTIONS
 from vtanalysis import prune
+from vtanalysis.prune.vision import vision_refusal
 from vtanalysis.models import tiny
 from vtanalysis.prune import adaptprune
 from vtanalysis.perf import DispatchCounter, HostRoundTrips
@@ -35,7 +36,7 @@ def keeps_for(method):
 
 def knobs_for(vlm, method):
     spec = prune.get(method)
-    if "cls" in spec.needs and not vlm.adapter.has_cls:
+    if vision_refusal(vlm, spec.needs) is not None:
         pytest.skip("no vision [CLS] token in this family")
     if method == "cdpruner":
         from reference import tiny_clip

@@ -194,14 +194,17 @@ def families_cmd():
     from .models.registry import ADAPTERS
 
     tiny_names = {"llava-1.5": "tiny-llava", **{family: name for name, family in tiny.NAMES.items()}}
-    print(f"{'family':<17}{'transformers class':<42}{'tiny model':<22}{'[CLS]':<7}{'positions':<11}"
+    print(f"{'family':<17}{'transformers class':<42}{'tiny model':<22}{'[CLS]':<10}{'positions':<11}"
           f"{'prefill attention':<20}image tokens")
     for a in ADAPTERS:
-        print(f"{a.family:<17}{a.model_class:<42}{tiny_names.get(a.family, '-'):<22}{'yes' if a.has_cls else 'no':<7}"
+        print(f"{a.family:<17}{a.model_class:<42}{tiny_names.get(a.family, '-'):<22}{'yes' if a.has_cls else 'received' if a.received_saliency else 'no':<10}"
               f"{'M-RoPE' if a.mrope else '1-D RoPE':<11}{'images both ways' if a.bidirectional_images else 'causal':<20}"
               f"{'follow the image size' if a.resizable else 'fixed'}")
     cls = [m for m in prune.methods() if "cls" in prune.get(m).needs]
-    print(f"\n[CLS] no: {', '.join(cls)} are refused there (they rank by the vision [CLS] token's attention).")
+    token = [m for m in cls if "cls_token" in prune.get(m).needs]
+    print(f"\n[CLS] no: {', '.join(cls)} are refused there (they rank by the vision [CLS] token's attention)."
+          f"\n[CLS] received: they rank by the attention each patch receives (VisPruner's SigLIP rule), except "
+          f"{', '.join(token)} (they need the token itself or its CLIP), refused.")
 
 
 @app.command("app")

@@ -36,6 +36,7 @@ from .data.dataset import Sample, read_samples
 from .errors import VTAError
 from .files import atomic_write, code_fingerprint, data_fingerprint, model_fingerprint, output_folder
 from .processes import ONE, Processes, shard
+from .prune.vision import vision_refusal
 
 FIGURES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
            "accuracy_vs_keep", "findings")
@@ -389,7 +390,7 @@ def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> l
     from .prune.run import select
     from .viz.overlay import draw_overlay
 
-    methods = [m for m in methods if "cls" not in get(m).needs or ctx.vlm.adapter.has_cls]
+    methods = [m for m in methods if vision_refusal(ctx.vlm, get(m).needs) is None]
     shown = ctx.samples[:n_images]
     batch = ctx.vlm.prepare([load_image(s.image) for s in shown], [s.question for s in shown])
     kept = {(m, k): select(m, ctx.vlm, batch, k)[-1] for m in methods for k in keeps}
@@ -424,7 +425,7 @@ def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> lis
     base = ctx.evaluation("none", 1.0)
     rows = [{"method": "none", "keep": 1.0, **_row(base, base)}]
     for m in methods:
-        if "cls" in get(m).needs and not ctx.vlm.adapter.has_cls:
+        if vision_refusal(ctx.vlm, get(m).needs) is not None:
             continue
         for k in keeps:
             if "seed" not in get(m).knobs:

@@ -22,6 +22,9 @@ class Adapter:
         has_cls: whether [CLS]-saliency methods can run: the vision tower emits a [CLS] token and each
             LLM image token is one of its patches.
         no_cls_reason: why not, where has_cls is False (ends the error [CLS] methods raise).
+        received_saliency: where has_cls is False, whether [CLS]-saliency methods (FasterVLM, AdaFV,
+            SCOPE, VisPruner) may rank by the attention each patch receives at the feature layer
+            instead (VisPruner's rule for SigLIP towers); VisionZip and CDPruner still need the token.
         mrope: whether positions are multimodal RoPE ids that encode the image grid (Qwen2-VL), so
             renumbering positions after pruning is not defined.
         resizable: whether the processor's image-token count follows the image's size (dynamic
@@ -37,6 +40,7 @@ class Adapter:
     model_class: str = ""
     has_cls: bool = True
     no_cls_reason: str = "has no [CLS] token"
+    received_saliency: bool = False
     mrope: bool = False
     resizable: bool = False
     bidirectional_images: bool = False
@@ -136,6 +140,12 @@ class Adapter:
         """[B, L] long on the inputs' device: per token, the image block it attends to both ways
         during the prefill (-1: causal only); None where attention is causal (every family but Gemma 3)."""
         return None
+
+    def pack_vision(self, vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:
+        """Per-patch vision values [V, N, D] (V: the tower's inputs, in the batch's order) as one
+        [n_tokens, D] tensor per image, in the image's sequence order (NaN at newline tokens).
+        Default: one tower input per image, one token per patch."""
+        return list(per_input)
 
     # -- modules ------------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:

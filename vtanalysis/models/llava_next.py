@@ -8,7 +8,8 @@ ratio, row by row, each row followed by one newline token. Column order in recor
 from __future__ import annotations
 
 import torch
-from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape, image_size_to_num_patches,
+                                                                unpad_image)
 
 from .adapter import per_sample
 from .layout import Grid
@@ -52,3 +53,14 @@ class LlavaNextAdapter(LlavaAdapter):
         grids = [Grid(image, "base", (side, side), col, col + side2),
                  Grid(image, "tiles", (h, w), col + side2, col + side2 + h * w)]
         return order, grids, list(range(col + side2 + h * w, col + run.numel()))
+
+    def pack_vision(self, vlm, batch, per_input):
+        """Each image's crops (base first) through the model's own `pack_image_features`: tiles, unpadding
+        and newline tokens exactly as the model arranges them."""
+        sizes = batch.model_inputs["image_sizes"]
+        # vlm.prepare records the sizes on the host; only hand-built VLMInputs read them back
+        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
+        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
+                  for s in host_sizes]
+        nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
+        return vlm.model.model.pack_image_features(list(per_input.split(counts)), sizes, "default", image_newline=nan)[0]

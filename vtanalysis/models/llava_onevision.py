@@ -10,11 +10,15 @@ side = image_size / patch_size (27 at 384 px, patch 14: 729 tokens per crop):
   row followed by one newline token;
 - a sample with several images: each image is its base grid followed by one newline token.
 Column order in records is [base | tiles without newlines | newlines], as for LLaVA-NeXT.
-Videos (pooled frames) are not handled: `vlm.prepare` takes images.
+Videos (pooled frames) are not handled: `vlm.prepare` takes images. [CLS]-saliency methods rank by the
+attention each patch receives instead (`received_saliency`).
 """
 from __future__ import annotations
 
 import math
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..errors import UnsupportedModelError
 from .adapter import per_sample
@@ -27,6 +31,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     model_types = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
     has_cls = False  # SigLIP: every vision token is a patch
+    received_saliency = True  # [CLS]-saliency methods rank by the attention each patch receives
 
     def manual_prompt(self, processor, question, n_images):
         return ("<|im_start|>user\n" + "<image>\n" * n_images + question + "<|im_end|>\n"
@@ -70,3 +75,15 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             return super().arrange(run, tile_shape, config, image, col)
         side = self.base_side(config)
         return run, [Grid(image, "base", (side, side), col, col + side * side)], [col + side * side]
+
+    def pack_vision(self, vlm, batch, per_input):
+        """As LLaVA-NeXT, with OneVision's packing: crops only for one-image samples, the anyres-max resize
+        (bilinear on the values too)."""
+        sizes = batch.model_inputs["image_sizes"]
+        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
+        alone = [n == 1 for n in batch.images_per_sample for _ in range(n)]
+        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
+                  if one else 1 for s, one in zip(host_sizes, alone)]
+        nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
+        return vlm.model.model.pack_image_features(list(per_input.split(counts)), sizes, image_newline=nan,
+                                                   vision_aspect_ratio=vlm.config.vision_aspect_ratio)[0]

@@ -148,7 +148,9 @@ class Pruner:
         needs: what the chooser reads besides attention rows: "keys" (k_proj at each stage's layer,
             AdaptPrune), "image_rows" (image-to-image attention, FitPrune), "own_rows" (rows from
             layer K's own q/k on the states entering it, not layer K-1's: PyramidDrop), "cls" (vision [CLS]
-            attention; the caller runs a `vision.VisionCapture` passed as `vision`), "embeds" (the LLM input
+            attention, or the attention each patch receives where the family allows it; the caller runs a
+            `vision.VisionCapture` passed as `vision`), "cls_token" (the [CLS] token itself, or the CLIP
+            it came from: never substituted), "embeds" (the LLM input
             embeddings of text and image tokens, also at in-LLM stages: SparseVLM), "prev_keys" (layer
             K-1's keys after RoPE, heads concatenated: DART's pivots), "normed_hidden" (the states
             entering layer K through the model's final norm: DART's similarity). Attention rows are

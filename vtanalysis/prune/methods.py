@@ -491,7 +491,7 @@ for m in [
            "pre", ("cls", "vision_features"), among_patches(pick_scope), pre_stage(), positions="renumber",
            choose_knobs=("alpha",)),
     Method("cdpruner", "CDPruner: conditional DPP, CLIP question relevance x projector-output similarity, per crop",
-           "pre", ("cls", "vision_features", "embeds"), choose_cdpruner, pre_stage(), positions="renumber",
+           "pre", ("cls", "cls_token", "vision_features", "embeds"), choose_cdpruner, pre_stage(), positions="renumber",
            choose_knobs=("clip",), resolve_knobs=cdpruner_knobs),
     Method("vispruner", "VisPruner: top [CLS]-attention tokens + diverse ones left by rounds of duplicate removal, per crop",
            "pre", ("cls", "vision_features"), among_patches(pick_vispruner), pre_stage(), positions="renumber",
@@ -504,7 +504,7 @@ for m in [
            "pre", (), spatial.choose_uniform, pre_stage(rounding="round"), positions="renumber",
            prepare=spatial.prepare_pool),
     Method("visionzip", "VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged by key similarity",
-           "pre", ("cls",), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip,
+           "pre", ("cls", "cls_token"), choose_visionzip, pre_stage(), positions="renumber", prepare=prepare_visionzip,
            ordered=True),
 ]:
     register(m)

@@ -175,7 +175,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
                        f"got {max_new_tokens!r}.")
     check_window(vlm, batch.model_inputs["input_ids"].shape[1] + max_new_tokens)
     if "cls" in spec.needs:
-        require_cls(vlm, method)
+        require_cls(vlm, method, spec.needs)
     knobs, choose_knobs = spec.split_knobs(knobs)
     crops = crop_columns(vlm, batch) if spec.where == "pre" else None  # host-side, before the forward pass
     stages = _stages(vlm, batch, spec, keep, knobs, crops)

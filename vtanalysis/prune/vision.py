@@ -38,11 +38,23 @@ def encoder_layers(vlm) -> torch.nn.ModuleList:
     return getattr(tower, "vision_model", tower).encoder.layers
 
 
-def require_cls(vlm, method: str) -> None:
-    if not vlm.adapter.has_cls:
+def vision_refusal(vlm, needs) -> str | None:
+    """Why a method reading `needs` cannot run on this model's vision tower, or None. "cls" (a [CLS]
+    saliency) is met by a [CLS] token, or where the family allows it by the attention each patch
+    receives (`Adapter.received_saliency`); "cls_token" (the token itself, or the CLIP it came from:
+    VisionZip, CDPruner) only by a [CLS] token."""
+    adapter = vlm.adapter
+    if "cls" not in needs or adapter.has_cls or (adapter.received_saliency and "cls_token" not in needs):
+        return None
+    return f"{adapter.family} {adapter.no_cls_reason}"
+
+
+def require_cls(vlm, method: str, needs=("cls", "cls_token")) -> None:
+    reason = vision_refusal(vlm, needs)
+    if reason is not None:
         raise UnsupportedModelError(
-            f"method '{method}' needs the vision tower's [CLS] attention, but {vlm.adapter.family} "
-            f"{vlm.adapter.no_cls_reason}; use a method that does not (e.g. 'adafv-t2i', 'fastv', 'adaptprune').")
+            f"method '{method}' needs the vision tower's [CLS] attention, but {reason}; use a method that does "
+            "not (e.g. 'adafv-t2i', 'fastv', 'adaptprune').")
 
 
 class VisionCapture:
@@ -60,6 +72,7 @@ class VisionCapture:
 
     def __init__(self, vlm):
         self.vlm = vlm
+        self.received = not vlm.adapter.has_cls  # no [CLS]: the attention each patch receives (see `_record`)
         self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
         self.saliency = self.keys = self.cls_features = self.features = None
         self._columns = self._features = None
@@ -83,6 +96,9 @@ class VisionCapture:
     def _record(self, module, query, key, attention_mask, scaling):
         if self.saliency is not None:
             return
+        if self.received:
+            self.saliency, self.keys = received_attention(query, key, attention_mask, scaling), key.float().mean(1)
+            return
         q = query[:, :, :1].float()  # the [CLS] query, [V, H, 1, d]; the encoder is not causal
         logits = (q @ key.float().transpose(-1, -2)) * scaling
         if attention_mask is not None:
@@ -94,6 +110,9 @@ class VisionCapture:
     def _record_cls(self, module, args, output):
         if self.cls_features is None:
             hidden = output[0] if isinstance(output, tuple) else output
+            if self.received:  # every token is a patch
+                self.features = hidden
+                return
             self.cls_features, self.features = hidden[:, 0], hidden[:, 1:]
 
     def __enter__(self):
@@ -108,24 +127,29 @@ class VisionCapture:
         return False
 
 
+def received_attention(query, key, attention_mask, scaling, chunk: int = 1024) -> torch.Tensor:
+    """[V, N] float32: the attention each patch j receives, mean over the queries i and the heads h of
+    softmax_j(q_i . k_j * scaling + M_ij) (VisPruner's rule for SigLIP towers, which have no [CLS]:
+    `attentions[-1].mean(dim=-2)`, then the head mean). query, key [V, H, N, d]; queries in chunks so
+    no more than a chunk x N map is held per input."""
+    total = torch.zeros(key.shape[0], key.shape[1], key.shape[2], device=key.device)
+    k = key.float().transpose(-1, -2)
+    for start in range(0, query.shape[2], chunk):
+        logits = (query[:, :, start:start + chunk].float() @ k) * scaling
+        if attention_mask is not None:
+            logits = logits + attention_mask[..., start:start + chunk, :].float()
+        total += torch.softmax(logits, dim=-1).sum(2)
+    return (total / query.shape[2]).mean(1)
+
+
 def to_columns(vlm, batch, per_input: torch.Tensor) -> list[torch.Tensor]:
     """Arrange per-patch values [V, N, D] as per-sample [n_image_tokens, D] in layout-column order.
 
-    V runs over the batch's images in order (LLaVA-NeXT: each image's tiles, base first).
-    Newline columns (LLaVA-NeXT) are NaN.
+    V runs over the batch's images in order (LLaVA-NeXT: each image's tiles, base first), packed per
+    image by the family (`Adapter.pack_vision`). Newline columns (LLaVA-NeXT) are NaN.
     """
-    model = vlm.model.model
     per_input = per_input.float()
-    if hasattr(model, "pack_image_features"):
-        sizes = batch.model_inputs["image_sizes"]
-        # vlm.prepare records the sizes on the host; only hand-built VLMInputs read them back
-        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
-        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
-                  for s in host_sizes]
-        nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
-        packed, _ = model.pack_image_features(list(per_input.split(counts)), sizes, "default", image_newline=nan)
-    else:
-        packed = list(per_input)
+    packed = vlm.adapter.pack_vision(vlm, batch, per_input)
     out, image = [], 0
     for lay, n_images in zip(batch.layouts, batch.images_per_sample or [1] * len(batch)):
         cols = torch.empty(lay.n_image_tokens, per_input.shape[-1], device=per_input.device)
