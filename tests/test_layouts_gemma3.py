@@ -99,9 +99,31 @@ def test_pan_and_scan_crops_are_refused(vlm):
         p.images_kwargs = kept
 
 
-def test_cls_methods_are_refused(vlm):
+def test_cls_methods_rank_by_the_attention_each_patch_receives_pooled_per_token(vlm):
+    """No [CLS] in SigLIP: FasterVLM ranks by the attention each patch receives at the tower's last layer
+    (VisPruner's SigLIP rule: mean over queries and heads), averaged over each token's pooled patches;
+    VisionZip, which needs the token itself, is refused."""
+    from vtanalysis.prune.vision import VisionCapture
+
+    batch = vlm.prepare([photo(40, 60)], ["what ?"])
+    tower = vlm.model.model.vision_tower
+    vlm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = tower(batch.model_inputs["pixel_values"], output_attentions=True).attentions[-1]
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
+    received = att.mean(-2).mean(1)  # [1, P^2]
+    with VisionCapture(vlm) as capture, torch.no_grad():
+        vlm.model(**batch.model_inputs)
+    torch.testing.assert_close(capture.saliency, received, atol=1e-6, rtol=0)
+    proj = vlm.model.model.multi_modal_projector
+    p, k = proj.patches_per_image, proj.kernel_size
+    per_token = received.view(p // k, k, p // k, k).mean((1, 3)).flatten()  # row-major tokens
+    res = prune.run(vlm, batch, "fastervlm", 5, max_new_tokens=1)
+    assert torch.equal(res.kept[0][0].cpu().sort().values, torch.topk(per_token, 5).indices.sort().values)
     with pytest.raises(UnsupportedModelError, match=r"no \[CLS\]"):
-        prune.run(vlm, vlm.prepare([photo(40, 60)], ["what ?"]), "fastervlm", 0.5)
+        prune.run(vlm, batch, "visionzip", 0.5)
 
 
 def test_released_arithmetic():

@@ -7,7 +7,10 @@ between `<start_of_image>` and `<end_of_image>`; the prompt's placeholder is `<s
 (the processor's `image_token`), the expanded tokens are `<image_soft_token>` (config
 `image_token_id`). The prefill mask is causal OR "same image": every token of an image run
 attends to every token of that run (the model's `token_type_ids`), so the pruning engine builds
-its masks from `attention_blocks`. Pan-and-scan crops (off by default) are not handled.
+its masks from `attention_blocks`. Pan-and-scan crops (off by default) are not handled. [CLS]-saliency
+methods rank by the attention each patch receives at the tower's last layer, averaged over each
+token's pooled patches (`pack_vision`); their vision features are that layer's output, before the
+tower's post-layernorm the projector reads.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class Gemma3Adapter(Adapter):
     model_types = ("gemma3",)
     model_class = "Gemma3ForConditionalGeneration"
     has_cls = False  # SigLIP: every vision token is a patch
+    received_saliency = True  # [CLS]-saliency methods rank by the attention each patch receives
     bidirectional_images = True
 
     def manual_prompt(self, processor, question, n_images):
@@ -54,6 +58,14 @@ class Gemma3Adapter(Adapter):
 
     def arrange(self, run, side, config, image, col):
         return run, [Grid(image, "image", (side, side), col, col + side * side)], []
+
+    def pack_vision(self, vlm, batch, per_input):
+        """Per-patch values [V, P^2, D] averaged over each token's kernel x kernel patches, as the model's
+        projector pools the features: [P^2 / kernel^2, D] per image, row-major."""
+        proj = vlm.model.model.multi_modal_projector
+        p, d = proj.patches_per_image, per_input.shape[-1]
+        grid = per_input.transpose(1, 2).reshape(-1, d, p, p)
+        return list(torch.nn.functional.avg_pool2d(grid, proj.kernel_size).flatten(2).transpose(1, 2))
 
     def attention_blocks(self, model_inputs) -> torch.Tensor | None:
         """[B, L] long: the index of the image run each token belongs to (-1 for text), as the model

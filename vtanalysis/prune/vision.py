@@ -26,7 +26,9 @@ def feature_layer_index(config) -> int:
     `hidden_states[f]` is the output of layer f - 1 (index 0 is the embeddings), so f = -2 means
     layer L_v - 2, as in FasterVLM's `attentions[-2]`.
     """
-    f = getattr(config, "vision_feature_layer", None)
+    if not hasattr(config, "vision_feature_layer"):  # Gemma 3: the projector reads the tower's last layer
+        return config.vision_config.num_hidden_layers - 1
+    f = config.vision_feature_layer
     if not isinstance(f, int):
         raise UnsupportedModelError(f"vision_feature_layer={f!r}: [CLS] saliency needs a single feature layer.")
     n = config.vision_config.num_hidden_layers
