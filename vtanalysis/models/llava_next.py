@@ -60,7 +60,14 @@ class LlavaNextAdapter(LlavaAdapter):
         sizes = batch.model_inputs["image_sizes"]
         # vlm.prepare records the sizes on the host; only hand-built VLMInputs read them back
         host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
-        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
-                  for s in host_sizes]
+        crops = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
+                 if tiled else 1 for s, tiled in zip(host_sizes, self.tiled_images(batch))]
         nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
-        return vlm.model.model.pack_image_features(list(per_input.split(counts)), sizes, "default", image_newline=nan)[0]
+        return self.pack_image_features(vlm, list(per_input.split(crops)), sizes, nan)
+
+    def tiled_images(self, batch) -> list[bool]:
+        """Per image of the batch: whether the model tiles it (every image, in LLaVA-NeXT)."""
+        return [True] * sum(batch.images_per_sample or [1] * len(batch))
+
+    def pack_image_features(self, vlm, features, sizes, newline):
+        return vlm.model.model.pack_image_features(features, sizes, "default", image_newline=newline)[0]

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
 from ..errors import UnsupportedModelError
 from .adapter import per_sample
 from .layout import Grid
@@ -76,14 +73,12 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         side = self.base_side(config)
         return run, [Grid(image, "base", (side, side), col, col + side * side)], [col + side * side]
 
-    def pack_vision(self, vlm, batch, per_input):
-        """As LLaVA-NeXT, with OneVision's packing: crops only for one-image samples, the anyres-max resize
-        (bilinear on the values too)."""
-        sizes = batch.model_inputs["image_sizes"]
-        host_sizes = batch.image_sizes if batch.image_sizes is not None else sizes.tolist()  # ok-host: fallback
-        alone = [n == 1 for n in batch.images_per_sample for _ in range(n)]
-        counts = [image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
-                  if one else 1 for s, one in zip(host_sizes, alone)]
-        nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
-        return vlm.model.model.pack_image_features(list(per_input.split(counts)), sizes, image_newline=nan,
+    def tiled_images(self, batch):
+        """Only the image of a one-image sample is tiled (the model's `batch_num_images` rule)."""
+        return [n == 1 for n in batch.images_per_sample for _ in range(n)]
+
+    def pack_image_features(self, vlm, features, sizes, newline):
+        """OneVision's packing: the anyres-max resize (bilinear on the values too), base + newline for
+        images of multi-image samples."""
+        return vlm.model.model.pack_image_features(features, sizes, image_newline=newline,
                                                    vision_aspect_ratio=vlm.config.vision_aspect_ratio)[0]

@@ -88,16 +88,17 @@ class PoolMerge:
         for b, lay in enumerate(self.batch.layouts):
             grids = lay.grids
             counts = grid_counts([g.stop - g.start for g in grids], self.stage.keep(b) - len(lay.newline_columns))
-            in_order = lay.image_positions.sort().values
+            in_order = lay.image_positions.sort().values if deepstack else None
             for g, k in zip(grids, counts):
                 (h, w), pos = g.shape, lay.image_positions[g.start:g.stop].to(embeds.device)
                 points, taken = lattice(h, w, k, embeds.device)
                 if not len(points):
                     continue
                 out[b, pos[points]] = pool_blocks(embeds[b, pos], h, w, k, taken).to(out.dtype)
-                rows = (offset + torch.searchsorted(in_order, lay.image_positions[g.start:g.stop])).to(embeds.device)
-                for f in deepstack:
-                    f[rows[points]] = pool_blocks(f[rows], h, w, k, taken).to(f.dtype)
+                if deepstack:
+                    rows = (offset + torch.searchsorted(in_order, lay.image_positions[g.start:g.stop])).to(embeds.device)
+                    for f in deepstack:
+                        f[rows[points]] = pool_blocks(f[rows], h, w, k, taken).to(f.dtype)
             offset += lay.n_image_tokens
         kwargs["inputs_embeds"] = out
         if deepstack:
