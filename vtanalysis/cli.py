@@ -85,7 +85,7 @@ def collect(
     batch_size: int = typer.Option(4, min=1, help="Samples per forward pass."),
     layers: str = typer.Option("all", help="'all' or comma-separated decoder-layer indices."),
     limit: int = typer.Option(None, min=1, help="Use only the first N samples."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, or auto (a model larger than one GPU, spread over all)."),
     save_records: bool = typer.Option(False, help="Also keep every batch's full attention record."),
 ):
     """Record per-layer text-to-image attention over a dataset; writes mean maps, a figure and a summary.
@@ -143,7 +143,7 @@ def prune_cmd(
                                    "`vtanalysis methods` lists each method's)."),
     max_new_tokens: int = typer.Option(16, min=1, help="Answer length limit."),
     out: Path = typer.Option(Path("overlay.png"), help="Where to save the retained-token overlay."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help="torch device (cpu, cuda, or auto: spread over all GPUs)."),
 ):
     """Answer a question with and without pruning; print kept counts and FLOPs; save an overlay PNG."""
     from . import prune
@@ -260,7 +260,7 @@ def figures_cmd(
     samples: int = typer.Option(400, min=1, help="Samples per analysis (positional bias: split over the tasks); "
                                 "400 keeps every accuracy's 95 % interval within +-0.05."),
     batch_size: int = typer.Option(32, min=1, help="Samples per forward pass."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help="torch device (cpu, cuda, or auto: spread over all GPUs)."),
 ):
     """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections).
 
@@ -298,7 +298,7 @@ def eval_cmd(
     batch_size: int = typer.Option(16, min=1, help="Samples per batch."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. layer=3 or seed=1 "
                                    "(repeatable; `vtanalysis methods` lists each method's)."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help="torch device (cpu, cuda, or auto: spread over all GPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     baselines: bool = typer.Option(True, help="With a pruning method, also run the random, uniform and pool "
                                    "baselines at the same keep (2025 studies found them competitive)."),

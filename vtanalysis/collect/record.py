@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..devices import Copies
 from ..errors import VTAError
 from ..files import atomic_write
 from ..models.layout import TokenLayout
@@ -115,21 +116,24 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
         raise VTAError(f"layers is empty: pass 'all' or at least one decoder-layer index (0..{vlm.num_layers - 1}, "
                        "or -1 for the last).")
     device = vlm.device
-    rows = pad_rows([lay.text_positions for lay in batch.layouts]).to(device)
-    cols = pad_rows([torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]).to(device)
+    # built once on the input device; layers on other devices (device_map) get a copy each
+    rows = Copies(pad_rows([lay.text_positions for lay in batch.layouts]).to(device))
+    cols = Copies(pad_rows([torch.cat([lay.image_positions, lay.text_positions]) for lay in batch.layouts]).to(device))
     per_layer: dict[int, torch.Tensor] = {}  # layer -> [B, 1 or H, R, C], kept on the model's device
-    blocked = {}  # (Lq, Lk) -> the causal mask of the rows, built once for all layers
+    blocked = {}  # (Lq, Lk, device) -> the causal mask of the rows, built once for all layers
 
     def make_callback(layer_idx):
         def callback(module, query, key, attention_mask, scaling):
-            shape = (query.shape[2], key.shape[2])
+            where = query.device
+            row_idx, col_idx = rows.on(where), cols.on(where)
+            shape = (query.shape[2], key.shape[2], where)
             if attention_mask is None and shape not in blocked:
-                blocked[shape] = causal_blocked(rows, *shape)
-            probs = attention_rows(query, key, attention_mask, scaling, rows, blocked=blocked.get(shape))
+                blocked[shape] = causal_blocked(row_idx, *shape[:2])
+            probs = attention_rows(query, key, attention_mask, scaling, row_idx, blocked=blocked.get(shape))
             if heads == "mean":
                 probs = probs.mean(dim=1, keepdim=True)
-            index = cols[:, None, None, :].expand(*probs.shape[:3], cols.shape[1])
-            per_layer[layer_idx] = probs.gather(3, index)
+            index = col_idx[:, None, None, :].expand(*probs.shape[:3], col_idx.shape[1])
+            per_layer[layer_idx] = probs.gather(3, index).to(device)
         return callback
 
     decoder = vlm.decoder_layers
@@ -156,9 +160,10 @@ def record_attention(vlm, batch, layers="all", heads: str = "mean") -> Attention
 
 
 def to_host(x: torch.Tensor) -> torch.Tensor:
-    """One device-to-host transfer: into pinned memory, non-blocking, then one wait (CPU: as is)."""
-    if x.device.type == "cpu":
-        return x
+    """One device-to-host transfer: into pinned memory, non-blocking, then one wait (CUDA; CPU: as
+    is; other devices: a plain copy)."""
+    if x.device.type != "cuda":
+        return x.cpu()
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     host.copy_(x, non_blocking=True)
     torch.cuda.current_stream(x.device).synchronize()

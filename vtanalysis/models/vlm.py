@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import execution_device
 from ..errors import LayerError, PromptError, UnsupportedModelError, VTAError, WeightsError
 from ..scoped import scoped
 from .adapter import Adapter
@@ -79,7 +80,9 @@ class VLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the inputs go: the device of the input embeddings (under a `device_map` the layers
+        may sit on others; accelerate moves each layer's inputs to its own)."""
+        return execution_device(self.model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -169,7 +172,7 @@ class VLM:
 
 
 def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-             attn_implementation: str = "sdpa", strict: bool = True) -> VLM:
+             attn_implementation: str = "sdpa", strict: bool = True, device_map: str | dict | None = None) -> VLM:
     """Load a supported VLM from a Hugging Face id or a local folder.
 
     Args:
@@ -177,12 +180,16 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
             demo LLaVA shipped in the package), or the name of a bundled tiny random model
             ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen3-vl",
             "tiny-internvl", "tiny-gemma3").
-        device: where to put the model.
+        device: where to put the model; "auto" spreads it over every visible GPU (device_map="auto").
         dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
         attn_implementation: the model's attention backend ("sdpa" by default).
         strict: refuse a checkpoint whose weights do not match the model (missing, unexpected or
             mismatched in shape): transformers would leave those weights randomly initialised and
             every result would be computed on a broken model. False loads anyway, with a warning.
+        device_map: for a model larger than one GPU: `from_pretrained`'s device map ("auto", "balanced",
+            or {module name: device}); accelerate places the layers and moves each layer's inputs,
+            `device` is not used. Collectors and pruning methods run on such a model (each tensor
+            they build goes to the layer that uses it). Checkpoints only, not the bundled tiny models.
     Raises:
         UnsupportedModelError: the config's family has no adapter (the message lists those that do).
         WeightsError: the checkpoint's weights do not match (strict=True).
@@ -192,8 +199,13 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     from . import tiny
 
     name = str(name_or_path)
+    if str(device) == "auto":
+        device, device_map = "cpu", device_map or "auto"
     device = _checked_device(device)
     dtype = _checked_dtype(dtype)
+    if device_map is not None and name in tiny.NAMES:
+        raise VTAError(f"device_map is for checkpoints loaded with from_pretrained; {name!r} is built in memory "
+                       "and fits one device: pass device= instead.")
     if name in tiny.NAMES:
         return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
     if name == "demo":
@@ -202,7 +214,8 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
         if not demo.available():
             raise UnsupportedModelError(f"the demo model's weights are missing from {demo.WEIGHTS}; "
                                         "run `vtanalysis train-demo` to make them.")
-        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict)
+        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict,
+                       device_map=device_map)
         vlm.name = "demo"
         return vlm
     try:
@@ -215,12 +228,14 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
                                     f"demo, {', '.join(tiny.NAMES)}.") from None
     adapter = adapter_for(config)
     if dtype is None:
-        dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
+        dtype = torch.float32 if torch.device(device).type == "cpu" and device_map is None else "auto"
     model_cls = getattr(transformers, adapter.model_class)
+    placed = {} if device_map is None else {"device_map": device_map}
     model, info = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation,
-                                            output_loading_info=True)
+                                            output_loading_info=True, **placed)
     check_loading(name, info, strict)
-    model = model.to(device)
+    if device_map is None:
+        model = model.to(device)
     processor = transformers.AutoProcessor.from_pretrained(name)
     return VLM(model, processor, adapter, name)
 
@@ -230,7 +245,7 @@ def _checked_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', or 'auto' (spread over every GPU).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise VTAError(f"device {device!r} was asked for but this torch has no usable CUDA device; use 'cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

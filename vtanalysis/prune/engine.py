@@ -36,6 +36,7 @@ import torch
 
 from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
+from ..devices import Copies, execution_device, to_device
 from ..errors import VTAError
 from ..scoped import scoped
 
@@ -190,7 +191,8 @@ class Pruner:
         self.positions, self.needs, self.vision = positions, needs, vision
         self.lm = vlm.adapter.language_model(vlm.model)
         self.layers = vlm.decoder_layers
-        self.device = vlm.device
+        self.device = vlm.device  # where the engine builds and selects; each layer gets copies on its own device
+        self.layer_device = [execution_device(layer) for layer in self.layers]
         self.prompt_len = batch.model_inputs["input_ids"].shape[1]
         self.padded = any(lay.first_position > 0 for lay in batch.layouts)  # left padding, known on the host
         self.mask_free = self.lm.config._attn_implementation in CAUSAL_WITHOUT_MASK
@@ -297,7 +299,7 @@ class Pruner:
             target = torch.cat([b * width + img for b, img in enumerate(stage.image)])
             rows = torch.cat([self.deepstack_row[b][cols] for b, cols in enumerate(stage.columns)])
             return target, rows
-        target, rows = self._cached(s, "deepstack", index)
+        target, rows = self._cached(s, "deepstack", index, hidden.device)
         features = self._deepstack[l].to(hidden.device, hidden.dtype)
         return hidden.flatten(0, 1).index_add(0, target, features[rows]).view_as(hidden)
 
@@ -324,7 +326,9 @@ class Pruner:
                 rows = [torch.cat([t, img]) for t, img in zip(text_idx, self._prev(s)[2])]
             probs = attention_rows(query, key, attention_mask, scaling, pad_rows(rows)) \
                 if any(n in self.needs for n in ROW_NEEDS) else None
-            self._rows[s] = (probs, text_idx, key if "prev_keys" in self.needs else None)
+            # to the engine's device, where the selection runs (nothing moves when layer K-1 sits there)
+            self._rows[s] = (to_device(probs, self.device), text_idx,
+                             key.to(self.device) if "prev_keys" in self.needs else None)
         return callback
 
     def _prev(self, s: int):
@@ -351,16 +355,17 @@ class Pruner:
     def _wrap(self, l: int):
         def wrapped(forward, hidden_states, *args, attention_mask=None, position_ids=None, position_embeddings=None,
                     **kwargs):
-            s = self.stage_of[l]
+            s, dev = self.stage_of[l], self.layer_device[l]
             stage = self.stages[s]
+            hidden_states = hidden_states.to(dev)  # layers on several devices: the previous layer's may differ
             if l == stage.layer and not self.decoding:
                 if stage.sel is None:
                     if "own_rows" in self.needs:
                         self._own_rows(s, l, hidden_states, attention_mask, position_ids, position_embeddings)
                     self._select(s, hidden_states)
-                hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s)))
-            mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype))
-            ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states))
+                hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s), dev))
+            mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype), dev)
+            ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states), dev)
             rope, ids = (position_embeddings, position_ids) if ropes is None else ropes[self.layer_type[l]]
             out = forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
             if self._deepstack is not None and l < len(self._deepstack):
@@ -368,11 +373,12 @@ class Pruner:
             return out
         return wrapped
 
-    def _cached(self, s: int, what: str, make):
+    def _cached(self, s: int, what: str, make, device: torch.device):
+        """What `make()` builds for stage s, once per forward call, as a copy on `device` (the layer's)."""
         key = (s, what)
         if key not in self._per_call:
-            self._per_call[key] = make()
-        return self._per_call[key]
+            self._per_call[key] = Copies(make())
+        return self._per_call[key].on(device)
 
     def _seq_index(self, s: int) -> torch.Tensor:
         """[B, Ls + generated]: indices into the sequence entering stage s of the tokens it keeps
@@ -388,6 +394,7 @@ class Pruner:
         building the stage makes no device round trip; only the chooser's own work runs per sample.
         """
         stage = self.stages[s]
+        hidden = hidden.to(self.device)  # index tensors live there (a copy only when layer K sits elsewhere)
         pos_prev, valid_prev, image_prev, cols_prev, counts_prev, real_prev = self._prev(s)
         chosen_all, kept = [], []
         for b, lay in enumerate(self.batch.layouts):
@@ -467,11 +474,12 @@ class Pruner:
         """Rows of layer K = l's own attention on the hidden states entering it (PyramidDrop ranks with
         them): its q/k after input norm and RoPE, caught by the tap before any attention is
         computed, with the mask and positions of the sequence entering the stage."""
-        layer = self.layers[l]
+        layer, dev = self.layers[l], self.layer_device[l]
         if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables (of K's type)
-            attention_mask = self._cached(s - 1, "mask", lambda: self._mask(s - 1, hidden.dtype))
-            ropes = self._cached(s - 1, "rope", lambda: self._rope(s - 1, position_embeddings, position_ids, hidden))
+            attention_mask = self._cached(s - 1, "mask", lambda: self._mask(s - 1, hidden.dtype), dev)
+            ropes = self._cached(s - 1, "rope", lambda: self._rope(s - 1, position_embeddings, position_ids, hidden), dev)
             position_embeddings, position_ids = ropes[self.layer_type[l]]
+        attention_mask = to_device(attention_mask, dev)
         caught = {}
 
         def catch(module, query, key, mask, scaling):
@@ -486,7 +494,7 @@ class Pruner:
                 pass
         text_idx = self._text_index(s)
         rows = attention_rows(caught["query"], caught["key"], attention_mask, caught["scaling"], pad_rows(text_idx))
-        self._rows[s] = (rows, text_idx, None)
+        self._rows[s] = (rows.to(self.device), text_idx, None)
 
     def _attention_inputs(self, inputs: StageInputs, s: int, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the attention fields from layer K-1's rows (and keys from the hidden states entering K)."""
@@ -506,13 +514,13 @@ class Pruner:
                 inputs.prev_keys = keys[b][:, rows].transpose(0, 1).flatten(1).float()
             if "normed_hidden" in self.needs:
                 with torch.no_grad():
-                    inputs.normed_hidden = self.lm.norm(hidden[b, rows]).float()
+                    inputs.normed_hidden = self.lm.norm(hidden[b, rows]).float().to(self.device)
         if "embeds" in self.needs:
-            h = self._input_embeds[b]
+            h = self._input_embeds[b].to(self.device)
             inputs.text_embeds, inputs.image_embeds = h[self.text_pos[b]].float(), h[self.image_pos[b]].float()
         if "keys" in self.needs:
             with torch.no_grad():
-                inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float()
+                inputs.keys = self.layers[self.stages[s].layer].self_attn.k_proj(hidden[b, img]).float().to(self.device)
 
     def _embedding_inputs(self, inputs: StageInputs, b: int, hidden: torch.Tensor, img: torch.Tensor) -> None:
         """Fill the pre-LLM fields from the embeddings entering layer 0 and the vision capture."""
@@ -520,10 +528,10 @@ class Pruner:
         inputs.question = self.batch.questions[b] if self.batch.questions is not None else None
         inputs.text_embeds = hidden[b, self.text_pos[b]].float()
         inputs.image_embeds = hidden[b, img].float()
-        if "cls" in self.needs:
-            inputs.saliency, inputs.vision_keys = self.vision.columns(self.batch)[b]
+        if "cls" in self.needs:  # the vision tower may sit on another device
+            inputs.saliency, inputs.vision_keys = to_device(self.vision.columns(self.batch)[b], self.device)
         if "vision_features" in self.needs:
-            inputs.vision_features = self.vision.feature_columns(self.batch)[b]
+            inputs.vision_features = self.vision.feature_columns(self.batch)[b].to(self.device)
 
     # -- masks and positions ------------------------------------------------------------------------
     def _needs_mask(self, s: int) -> bool:
@@ -566,6 +574,8 @@ class Pruner:
         stage, kinds = self.stages[s], set(self.layer_type)
         b = stage.pos.shape[0]
         typed = self._typed_rotary and None not in kinds
+        # to the device of the stage's index tensors (the rotary module may sit on another)
+        position_embeddings, position_ids = to_device((position_embeddings, position_ids), self.device)
         if self.positions == "original":
             if self.decoding:
                 return None

@@ -108,12 +108,14 @@ class _Timer:
     """Time of each language-model call (the first is the prefill).
 
     On CUDA, elapsed time between CUDA events recorded when each call starts and ends (launch
-    gaps included, no host synchronisation during generation; read once at the end); elsewhere
-    wall time.
+    gaps included, no host synchronisation during generation; read once at the end); elsewhere,
+    and for a model whose layers sit on several GPUs (one device's events do not wait for the
+    others' work), wall time after synchronising every device the layers use.
     """
 
-    def __init__(self, module, device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, module, devices: set):
+        self.cuda = {d.type for d in devices} == {"cuda"} and len(devices) == 1
+        self.sync = [d for d in devices if d.type == "cuda"] if not self.cuda else []
         self.marks = []
         self._stack = ExitStack()  # scoped to this thread's run (`vtanalysis.scoped`)
         self._stack.enter_context(scoped(module, "pre", lambda *_: self.marks.append([self._now(), None])))
@@ -124,6 +126,8 @@ class _Timer:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
+        for device in self.sync:  # ok-host: once per language-model call, only when layers span GPUs
+            torch.cuda.synchronize(device)
         return time.perf_counter()
 
     @property
@@ -190,7 +194,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
                     pre=spec.where == "pre", ordered=spec.ordered, crops=crops)
     inputs = batch.to(vlm.device).model_inputs
     tok = vlm.processor.tokenizer
-    timer = _Timer(pruner.lm, vlm.device)
+    timer = _Timer(pruner.lm, set(pruner.layer_device))
     try:
         with ExitStack() as stack, torch.inference_mode():
             merge = spec.prepare(vlm, batch, stages[0], capture, crops) if spec.prepare and stages else None
