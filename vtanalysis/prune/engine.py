@@ -44,7 +44,8 @@ from ..scoped import scoped
 @dataclass
 class StageInputs:
     """What a method's chooser sees for one sample at one stage. Every tensor is on the model's
-    device, and a chooser returns its indices there too: nothing crosses to the host mid-prefill.
+    device (`VLM.device`, the input embeddings' device when layers sit on several), and a chooser
+    returns its indices there too: nothing crosses to the host mid-prefill.
 
     In-LLM stages (layer K >= 1) get the attention fields; a pre-LLM stage (layer 0) gets the
     embedding and vision fields instead; the rest are None.
@@ -166,7 +167,8 @@ class Pruner:
             tokens keep their sequence order and a chooser must not repeat one.
 
     Speed: everything a stage's layers need (gathered states, position ids, rotary tables, mask)
-    is built once when the stage starts and reused by its layers. A stage with no padding and no
+    is built once when the stage starts and reused by its layers (a model split over devices: one
+    copy per device, `vtanalysis.devices.Copies`). A stage with no padding and no
     fillers passes attention_mask=None under SDPA/flash, so the causal fast kernels run. The
     selection stays on the device; host-side counts come from the plan, not from the device.
     """
