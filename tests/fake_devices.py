@@ -134,11 +134,12 @@ def to_cpu(x):
     return tree_map(lambda t: t.data_ if isinstance(t, OnDevice) else t, x)
 
 
-def split(vlm, devices: int = 2):
+def split(vlm, devices: int = 2, vision_last: bool = False):
     """A copy of `vlm` dispatched by accelerate as `from_pretrained(device_map=...)` does, over
     `devices` fake GPUs: the vision tower, projector and embeddings on the first, the decoder layers
     in equal runs, the final norm, rotary module and LM head on the last (an LM head tied to the
-    embeddings stays with them, as accelerate's own maps keep it) (call inside `FakeDevices`)."""
+    embeddings stays with them, as accelerate's own maps keep it); `vision_last`: the vision tower and
+    projector on the last device instead, away from the embeddings (call inside `FakeDevices`)."""
     import copy
 
     import accelerate.utils.modeling
@@ -153,12 +154,13 @@ def split(vlm, devices: int = 2):
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight  # one tensor: one device
     last = f"{FAKE}:{devices - 1}"
+    vision = last if vision_last else f"{FAKE}:0"
     device_map = {f"{prefix}.{i}": f"{FAKE}:{i * devices // n}" for i in range(n)}
 
     def place(module, name):  # every module to one device, the decoder layers' ancestors split open
         siblings = any(child is layers for child in module.children())
         for own in module._parameters:  # e.g. LLaVA-NeXT's image_newline
-            device_map[f"{name}.{own}" if name else own] = f"{FAKE}:0"
+            device_map[f"{name}.{own}" if name else own] = vision
         for child_name, child in module.named_children():
             full = f"{name}.{child_name}" if name else child_name
             if child is layers:
@@ -166,8 +168,12 @@ def split(vlm, devices: int = 2):
             if any(m is layers for m in child.modules()):
                 place(child, full)
             else:
-                at_end = (child_name == "lm_head" and not tied) or (siblings and "embed" not in child_name)
-                device_map[full] = last if at_end else f"{FAKE}:0"
+                if child_name == "lm_head":
+                    device_map[full] = f"{FAKE}:0" if tied else last
+                elif siblings:  # the language model's own: embeddings first, norm and rotary last
+                    device_map[full] = f"{FAKE}:0" if "embed" in child_name else last
+                else:
+                    device_map[full] = vision
 
     place(model, "")
 

@@ -103,3 +103,22 @@ def test_load_vlm_hands_the_device_map_to_from_pretrained(tmp_path, images, monk
         torch.testing.assert_close(placed.model(**batch.model_inputs).logits, vlm.model(**batch.model_inputs).logits)
     with pytest.raises(VTAError, match="device_map is for checkpoints"):
         load_vlm("tiny-llava", device="auto")
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip", "adafv", "fastv"])
+def test_a_vision_tower_on_another_device_than_the_embeddings(images, method):
+    """Pre-LLM methods read the vision tower's [CLS] attention and features and merge in the
+    projector: with the tower and projector on fakegpu:1 and the embeddings on fakegpu:0 the run
+    equals the one-device run."""
+    one = tiny.build("llava", seed=1, num_layers=4)
+    with FakeDevices():
+        two = split(one, vision_last=True)
+        assert str(next(two.model.model.vision_tower.parameters()).device) == "fakegpu:1"
+        assert str(two.device) == "fakegpu:0"
+        got = prune.run(two, two.prepare(images[:2], QUESTIONS[:2]), method, 0.25, max_new_tokens=3)
+    ref = prune.run(one, one.prepare(images[:2], QUESTIONS[:2]), method, 0.25, max_new_tokens=3)
+    assert torch.equal(got.token_ids, ref.token_ids)
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=0)
+    for a, b in zip(ref.kept, got.kept):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)

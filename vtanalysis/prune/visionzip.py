@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..devices import to_device
 from ..scoped import scoped
 from .indices import true_indices
 from .vision import projector_rows
@@ -150,11 +151,11 @@ class ProjectorMerge:
         flat_in = feats.reshape(n_inputs * n_patches, -1)
         flat_out = output.reshape(n_inputs * n_patches, -1).clone()
         cls = self.capture.cls_features  # [V, Dv]
-        for b, (sal, keys) in enumerate(self.capture.columns(self.batch)):
+        for b, (sal, keys) in enumerate(to_device(self.capture.columns(self.batch), device)):
             r = rows[b].to(device)
             self.stand_ins[b] = []
             first_rows = [int(rows[b][c[0]]) for c in self.crops_cpu[b]]  # CPU layout tensors: no device read
-            for crop, k, row0 in zip(self.crops[b], self.stage.per_crop[b], first_rows):
+            for crop, k, row0 in zip(to_device(self.crops[b], device), self.stage.per_crop[b], first_rows):
                 if k >= len(crop):
                     continue
                 choice = select(sal[crop], keys[crop], k, contextual=self.contextual)
@@ -164,5 +165,5 @@ class ProjectorMerge:
                     flat_out[crop_rows[choice.targets]] = module.forward(merged).to(flat_out.dtype)  # no hook recursion
                 slot = choice.slot[None]  # a 1-element index: a 0-dim one would read it back to the host
                 flat_out[crop_rows[slot]] = module.forward(cls[row0 // n_patches][None]).to(flat_out.dtype)
-                self.stand_ins[b].append(crop[slot])
+                self.stand_ins[b].append(crop[slot].to(self.vlm.device))  # beside the kept columns
         return flat_out.view_as(output)
