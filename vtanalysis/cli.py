@@ -85,7 +85,8 @@ def collect(
     batch_size: int = typer.Option(4, min=1, help="Samples per forward pass."),
     layers: str = typer.Option("all", help="'all' or comma-separated decoder-layer indices."),
     limit: int = typer.Option(None, min=1, help="Use only the first N samples."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, or auto (a model larger than one GPU, spread over all)."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, or auto (a model larger than one GPU, "
+                                           "spread over all)."),
     save_records: bool = typer.Option(False, help="Also keep every batch's full attention record."),
 ):
     """Record per-layer text-to-image attention over a dataset; writes mean maps, a figure and a summary.

@@ -181,7 +181,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
             ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen3-vl",
             "tiny-internvl", "tiny-gemma3").
         device: where to put the model; "auto" spreads it over every visible GPU (device_map="auto").
-        dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere.
+        dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere and under a device_map.
         attn_implementation: the model's attention backend ("sdpa" by default).
         strict: refuse a checkpoint whose weights do not match the model (missing, unexpected or
             mismatched in shape): transformers would leave those weights randomly initialised and
@@ -245,7 +245,8 @@ def _checked_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', or 'auto' (spread over every GPU).") from None
+        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', or 'auto' "
+                       "(spread over every GPU).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise VTAError(f"device {device!r} was asked for but this torch has no usable CUDA device; use 'cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

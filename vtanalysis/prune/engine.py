@@ -367,7 +367,8 @@ class Pruner:
                     self._select(s, hidden_states)
                 hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s), dev))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype), dev)
-            ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states), dev)
+            ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states),
+                                 dev)
             rope, ids = (position_embeddings, position_ids) if ropes is None else ropes[self.layer_type[l]]
             out = forward(hidden_states, *args, attention_mask=mask, position_ids=ids, position_embeddings=rope, **kwargs)
             if self._deepstack is not None and l < len(self._deepstack):
@@ -479,7 +480,8 @@ class Pruner:
         layer, dev = self.layers[l], self.layer_device[l]
         if s > 0:  # the sequence entering stage s is stage s-1's: its mask and rotary tables (of K's type)
             attention_mask = self._cached(s - 1, "mask", lambda: self._mask(s - 1, hidden.dtype), dev)
-            ropes = self._cached(s - 1, "rope", lambda: self._rope(s - 1, position_embeddings, position_ids, hidden), dev)
+            ropes = self._cached(s - 1, "rope", lambda: self._rope(s - 1, position_embeddings, position_ids, hidden),
+                                 dev)
             position_embeddings, position_ids = ropes[self.layer_type[l]]
         attention_mask = to_device(attention_mask, dev)
         caught = {}
