@@ -82,8 +82,9 @@ class PoolMerge:
             return None
         out = embeds.clone()
         # Qwen3-VL's DeepStack features [N, D] (rows: every sample's image tokens in sequence order) are
-        # pooled over the same blocks, so a kept token carries its block's mean at every layer
-        deepstack = [f.clone() for f in kwargs.get("deepstack_visual_embeds") or []]
+        # pooled over the same blocks, so a kept token carries its block's mean at every layer (on the
+        # embeddings' device: under a device map the vision tower's output may sit elsewhere)
+        deepstack = [f.to(embeds.device, copy=True) for f in kwargs.get("deepstack_visual_embeds") or []]
         offset = 0
         for b, lay in enumerate(self.batch.layouts):
             grids = lay.grids
