@@ -179,7 +179,10 @@ def split(vlm, devices: int = 2, vision_last: bool = False):
 
     # accelerate empties the device's cache after each move, through torch.accelerator: none here
     accelerate.utils.modeling.clear_device_cache = lambda *a, **k: None
-    dispatch_model(model, device_map, skip_keys=getattr(model, "_skip_keys_device_placement", None))
+    # the main device (where the top-level hook sends the inputs) fixed: accelerate picks it from a set
+    # of the map's devices, which for device names (not GPU indices) follows the hash seed
+    dispatch_model(model, device_map, main_device=f"{FAKE}:0",
+                   skip_keys=getattr(model, "_skip_keys_device_placement", None))
     for key, device in device_map.items():  # a bare parameter is placed by from_pretrained's loading, not by hooks
         owner, _, attr = key.rpartition(".")
         module = model.get_submodule(owner)
