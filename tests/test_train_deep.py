@@ -75,3 +75,31 @@ def test_exported_weights_resume_in_a_new_folder_with_a_fresh_optimizer(tmp_path
     assert "fresh optimizer" in resumed["history"][-1]["event"]
     done = train_deep.train(tmp_path / "b", TINY, eval_every=10**6, eval_scenes=2, log=_quiet)
     assert done["finished"]
+
+
+def test_the_clip_patch_loss_weighs_object_and_background_patches_half_each():
+    """A head perfect on the background (most patches) but uniform on the object patches keeps the
+    shape/colour/size losses at half their uniform value (an unweighted mean would make them
+    vanish as objects get rarer: the first recipe's tower never learned shape, 0.26 on objects)."""
+    import math
+
+    import torch.nn.functional as F
+
+    b, n = 2, 16
+    labels = torch.zeros(b, 5, n, dtype=torch.long)
+    labels[:, :3, :2] = 1  # two object patches per image, the rest background
+    labels[:, 3], labels[:, 4] = torch.arange(n) % 4, torch.arange(n) // 4
+    parts = []
+    for k, classes in enumerate((*train_deep.ATTRIBUTE_CLASSES, 4, 4)):
+        logits = torch.full((b, n, classes), -50.0)
+        if k < 3:
+            logits[..., 0] = 50.0  # sure of "background" everywhere ...
+            logits[:, :2] = 0.0  # ... and uniform on the object patches
+        else:
+            logits.scatter_(-1, labels[:, k].unsqueeze(-1), 50.0)  # column and row exact
+        parts.append(logits)
+    loss = train_deep.balanced_patch_loss(tuple(parts), labels)
+    expected = sum(0.5 * math.log(c) for c in train_deep.ATTRIBUTE_CLASSES) / 5
+    assert abs(float(loss) - expected) < 1e-4
+    unweighted = sum(F.cross_entropy(p.flatten(0, 1), labels[:, k].flatten()) for k, p in enumerate(parts)) / 5
+    assert float(unweighted) < 0.3 * expected
