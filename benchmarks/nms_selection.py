@@ -16,7 +16,7 @@ import time
 import torch
 
 from vtanalysis.perf import DispatchCounter, HostRoundTrips
-from vtanalysis.prune.adaptprune import adaptive_nms, adaptive_nms_reference
+from vtanalysis.prune.methods.adaptprune import adaptive_nms, adaptive_nms_reference
 
 GRIDS = [(24, 24), (48, 60), (100, 100)]
 

@@ -150,7 +150,7 @@ def test_relevant_tokens_follow_the_half_overlap_rule(demo_untrained):
 def test_token_scores_match_their_definitions(demo_untrained):
     from tests.reference import eager_attentions, lm_inputs
 
-    from vtanalysis.prune.adafv import t2i_scores
+    from vtanalysis.prune.methods.adafv import t2i_scores
 
     vlm = demo_untrained
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import pytest
 from vtanalysis import VTAError, prune
 from vtanalysis.prune import adaptinfer
 from vtanalysis.prune.budget import average_tokens, keep_count
-from vtanalysis.prune.methods import adaptinfer_plan, pyramid_plan, sparsevlm_plan, vtw_plan
+from vtanalysis.prune.registry import adaptinfer_plan, pyramid_plan, sparsevlm_plan, vtw_plan
 
 
 class Depth:

@@ -15,8 +15,8 @@ from reference import tiny_clip
 from vtanalysis import prune
 from vtanalysis.prune.vision import vision_refusal
 from vtanalysis.models import tiny
-from vtanalysis.prune import diversity
-from vtanalysis.prune.spatial import lattice
+from vtanalysis.prune.methods import diversity
+from vtanalysis.prune.methods.spatial import lattice
 from vtanalysis.prune.run import _crop_budgets
 from vtanalysis.prune.vision import crop_columns
 
@@ -351,7 +351,7 @@ def test_downsample_feeds_a_smaller_image_within_the_budget(images, family):
     Qwen2-VL (tokens follow the pixel count) also the largest such: 5 % larger exceeds it."""
     from PIL import Image
 
-    from vtanalysis.prune.downsample import image_tokens
+    from vtanalysis.prune.methods.downsample import image_tokens
 
     vlm = tiny.build(family, seed=1, num_layers=4)
     from vtanalysis.models.images import load_image

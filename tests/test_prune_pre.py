@@ -15,7 +15,7 @@ from conftest import QUESTIONS
 from reference import lm_inputs
 from vtanalysis import prune
 from vtanalysis.models import tiny
-from vtanalysis.prune import adafv, visionzip
+from vtanalysis.prune.methods import adafv, visionzip
 from vtanalysis.prune.vision import VisionCapture, projector_rows, to_columns
 
 

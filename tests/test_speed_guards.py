@@ -25,7 +25,7 @@ from vtanalysis.models import tiny
 from vtanalysis.prune import adaptprune
 from vtanalysis.perf import DispatchCounter, HostRoundTrips
 
-NMS_CHECK = "prune/adaptprune.py"  # the NMS's deliberate host checks (a few per selection)
+NMS_CHECK = "prune/methods/adaptprune.py"  # the NMS's deliberate host checks (a few per selection)
 
 
 def keeps_for(method):

@@ -386,7 +386,7 @@ def coverage(ctx: Context) -> list[Path]:
 
 def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> list[Path]:
     from .models.images import load_image
-    from .prune.methods import get
+    from .prune.registry import get
     from .prune.run import select
     from .viz.overlay import draw_overlay
 
@@ -420,7 +420,7 @@ def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> lis
     the measured FLOPs and prefill-time ratios and the per-type accuracies. A method that draws at
     random is run with each of SEEDS: the row has the mean, the interval of the pooled answers
     and the min-max over seeds."""
-    from .prune.methods import get
+    from .prune.registry import get
 
     base = ctx.evaluation("none", 1.0)
     rows = [{"method": "none", "keep": 1.0, **_row(base, base)}]

@@ -96,7 +96,7 @@ def _schedule_rows(ctx, result: dict) -> list[dict]:
 
 def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
     """Every claim row: {"claim", "source", "n", "measured", "verdict"}."""
-    from .prune.methods import get
+    from .prune.registry import get
 
     ev, samples = ctx.evaluation, ctx.samples
     rows = [compare("AdaptPrune beats FastV at 90 % pruning", "AdaptPrune Tab. 1", ev("adaptprune", KEEP),

@@ -16,7 +16,7 @@ from . import prune
 from .collect import record_attention
 from .errors import ImageError
 from .models.images import load_image, too_large, upright
-from .prune.adaptinfer import text_prior
+from .prune.methods.adaptinfer import text_prior
 from .viz.overlay import overlay_figure
 
 MAX_UPLOAD_MB = 20

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..collect.record import record_attention
 from ..errors import VTAError
 from ..models.images import load_image
-from ..prune.adafv import t2i_scores
+from ..prune.methods.adafv import t2i_scores
 from ..prune.vision import VisionCapture, require_cls
 from ..scoped import scoped
 from .mask_attention import token_fractions

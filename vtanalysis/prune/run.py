@@ -14,7 +14,7 @@ from ..scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage, check_window
 from .flops import prefill_flops, unpruned_prefill_flops
-from .methods import get
+from .registry import get
 from .vision import VisionCapture, crop_columns, full_crop_tokens, require_cls
 
 

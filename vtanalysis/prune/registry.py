@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VTAError
-from . import adafv, adaptinfer, adaptprune, cdpruner, dart, diversity, fastv, plugins, spatial, visionzip
+from . import plugins
+from .methods import adafv, adaptinfer, adaptprune, cdpruner, dart, diversity, fastv, spatial, visionzip
 from .budget import average_tokens, bisect_increasing, keep_count, scale_to_average, table_counts
 from .engine import split_newlines
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..errors import VTAError
-from ..models.images import load_image
-from .budget import keep_count
+from ...errors import VTAError
+from ...models.images import load_image
+from ..budget import keep_count
 
 
 def image_tokens(vlm, image: Image.Image) -> int:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..scoped import scoped
-from .engine import split_newlines
+from ...scoped import scoped
+from ..engine import split_newlines
 
 
 def lattice_shape(h: int, w: int, k: int) -> tuple[int, int]:

@@ -40,7 +40,7 @@ def authors_average(n: int, stages: list[tuple[int, int]], depth: int) -> float:
     stage's count from its pruning layer on (the layer before the first one that sees the kept set).
     It reproduces the published presets: 290/72/18 after layers 1/10/20 of 32 on PRESET_IMAGE_TOKENS is 128.8
     (budget 128), 133/27/3 is 65.0 (64), 80/24/2 is 48.8 (48), 40/12/0 is 33.0 (32)."""
-    from .budget import average_tokens
+    from ..budget import average_tokens
 
     return average_tokens(n, [(layer - 1, count) for layer, count in stages], depth)
 

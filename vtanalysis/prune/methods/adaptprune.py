@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..perf import deliberate_sync
+from ...perf import deliberate_sync
 
 LAYER = 2
 KEEP = 0.1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import VTAError
+from ...errors import VTAError
 
 
 def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def text_embeddings(clip, question: str) -> torch.Tensor:
 
 def require_clip(vlm, clip):
     """The CLIP to use: `clip` as given, else the demo model's own; else a `VTAError` saying what to pass."""
-    from ..analysis.grounding import HFClip
+    from ...analysis.grounding import HFClip
 
     if isinstance(clip, HFClip):
         return clip
@@ -81,7 +81,7 @@ def require_clip(vlm, clip):
         raise VTAError(f"clip= takes an analysis.grounding.HFClip or a (CLIPModel, CLIPProcessor) pair, not "
                        f"{type(clip).__name__}.")
     if getattr(vlm, "name", None) == "demo":
-        from ..models import demo
+        from ...models import demo
 
         try:
             return HFClip(*demo.clip(), text_suffix=" </s>")

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..devices import to_device
-from ..scoped import scoped
-from .indices import true_indices
-from .vision import projector_rows
+from ...devices import to_device
+from ...scoped import scoped
+from ..indices import true_indices
+from ..vision import projector_rows
 
 CONTEXTUAL_SHARE = 10 / 64
 

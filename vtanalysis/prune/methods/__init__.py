@@ -1,0 +1,1 @@
+"""One module per pruning method (selection functions, plans and choosers)."""
