@@ -11,7 +11,10 @@ import pytest
 from vtanalysis import VTAError, prune
 from vtanalysis.prune import adaptinfer
 from vtanalysis.prune.budget import average_tokens, keep_count
-from vtanalysis.prune.registry import adaptinfer_plan, pyramid_plan, sparsevlm_plan, vtw_plan
+from vtanalysis.prune.methods.adaptinfer import adaptinfer_plan
+from vtanalysis.prune.methods.pyramiddrop import pyramid_plan
+from vtanalysis.prune.methods.sparsevlm import sparsevlm_plan
+from vtanalysis.prune.methods.vtw import vtw_plan
 
 
 class Depth:

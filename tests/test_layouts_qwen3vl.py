@@ -14,7 +14,7 @@ from vtanalysis import prune
 from vtanalysis.models import tiny
 from vtanalysis.models.vlm import VLM
 from vtanalysis.models.wordtok import word_tokenizer
-from vtanalysis.prune.methods.spatial import lattice_shape
+from vtanalysis.prune.methods.baselines import lattice_shape
 
 
 def photo(h, w, seed=0):

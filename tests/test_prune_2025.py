@@ -15,8 +15,8 @@ from reference import tiny_clip
 from vtanalysis import prune
 from vtanalysis.prune.vision import vision_refusal
 from vtanalysis.models import tiny
-from vtanalysis.prune.methods import diversity
-from vtanalysis.prune.methods.spatial import lattice
+from vtanalysis.prune.methods import divprune, scope, vispruner
+from vtanalysis.prune.methods.baselines import lattice
 from vtanalysis.prune.run import _crop_budgets
 from vtanalysis.prune.vision import crop_columns
 
@@ -84,9 +84,9 @@ def test_divprune_equals_the_authors_greedy_on_the_projector_outputs(llava, imag
     x = projected(llava, batch)
     assert x.shape[0] == batch.layouts[0].n_image_tokens
     want = authors_divprune(x, keep)
-    kept = prune.select("divprune", llava, batch, keep)[-1][0]
+    kept = prune.select(llava, batch, "divprune", keep)[-1][0]
     assert torch.equal(kept.sort().values.cpu(), want)
-    fastv = prune.select("fastv", llava, batch, keep)[-1][0]
+    fastv = prune.select(llava, batch, "fastv", keep)[-1][0]
     assert not torch.equal(fastv.sort().values.cpu(), want)  # a different rule picks differently
 
 
@@ -98,7 +98,7 @@ def test_scope_equals_the_authors_greedy(llava, images, keep):
     features = out.hidden_states[layer][0, 1:].float()
     saliency = out.attentions[layer][0, :, 0, 1:].sum(0).float()  # summed over heads, as the authors
     want = authors_scope(features, saliency, keep)
-    kept = prune.select("scope", llava, batch, keep)[-1][0]
+    kept = prune.select(llava, batch, "scope", keep)[-1][0]
     assert torch.equal(kept.sort().values.cpu(), want)
     plain = authors_scope(features, torch.ones_like(saliency), keep)  # coverage alone picks differently
     assert not torch.equal(plain, want)
@@ -108,9 +108,9 @@ def test_greedy_picks_are_distinct_even_for_duplicate_tokens():
     """The authors' float16 DivPrune can pick an exact duplicate twice; ours never repeats a token."""
     x = torch.randn(10, 8)
     x[5] = x[3]
-    picks = diversity.divprune(x, 10)
+    picks = divprune.divprune(x, 10)
     assert sorted(picks.tolist()) == list(range(10))
-    assert sorted(diversity.scope(x, torch.rand(10), 10).tolist()) == list(range(10))
+    assert sorted(scope.scope(x, torch.rand(10), 10).tolist()) == list(range(10))
 
 
 def test_uniform_lattice_spreads_evenly_in_2d():
@@ -194,7 +194,7 @@ def test_dart_equals_the_authors_pivots_and_duplicates(llava, images, keep):
     image = lay.image_positions.cpu()
     after = torch.arange(int(image.max()) + 1, length)
     want = authors_dart(keys, states, image, after, keep)
-    kept = prune.select("dart", llava, batch, keep)[-1][0]
+    kept = prune.select(llava, batch, "dart", keep)[-1][0]
     assert sorted(image[kept.cpu()].tolist()) == want
     assert len(want) == keep
     assert authors_dart(plain, states, image, after, keep) != want  # the pivots read keys after RoPE
@@ -229,9 +229,9 @@ def test_vispruner_equals_the_authors_rounds(llava, images, keep, ratio):
     layer = llava.config.vision_feature_layer
     want = authors_vispruner(out.hidden_states[layer][0, 1:].float(), out.attentions[layer][0, :, 0, 1:].mean(0),
                              keep, ratio)
-    kept = prune.select("vispruner", llava, batch, keep, important_ratio=ratio)[-1][0]
+    kept = prune.select(llava, batch, "vispruner", keep, important_ratio=ratio)[-1][0]
     assert torch.equal(kept.sort().values.cpu(), want)
-    top = prune.select("fastervlm", llava, batch, keep)[-1][0]
+    top = prune.select(llava, batch, "fastervlm", keep)[-1][0]
     assert not torch.equal(top.sort().values.cpu(), want)  # the diverse half is not more of the top
 
 
@@ -239,7 +239,7 @@ def test_vispruner_handles_the_budgets_the_authors_code_rejects():
     """Odd residuals and fewer than 8 diverse tokens: exactly k distinct tokens."""
     f, s = torch.randn(64, 16), torch.rand(64)
     for k, ratio in [(19, 0.3), (6, 0.5), (63, 0.5), (64, 0.5), (1, 0.0)]:
-        picks = diversity.vispruner(f, s, k, ratio)
+        picks = vispruner.vispruner(f, s, k, ratio)
         assert len(picks) == len(set(picks.tolist())) == k
 
 
@@ -309,9 +309,9 @@ def test_cdpruner_equals_the_authors_conditional_dpp(llava, images, keep):
     batch = llava.prepare(images[:1], QUESTIONS[:1])
     assert len(clip.tokenizer([QUESTIONS[0]])["input_ids"][0]) > 6  # the question spans several chunks
     want = authors_cdpruner(llava, clip, batch, QUESTIONS[0], keep)
-    kept = prune.select("cdpruner", llava, batch, keep, clip=clip)[-1][0]
+    kept = prune.select(llava, batch, "cdpruner", keep, clip=clip)[-1][0]
     assert torch.equal(kept.sort().values.cpu(), want)
-    other = prune.select("cdpruner", llava, llava.prepare(images[:1], ["is there a red circle ?"]), keep, clip=clip)
+    other = prune.select(llava, llava.prepare(images[:1], ["is there a red circle ?"]), "cdpruner", keep, clip=clip)
     assert not torch.equal(other[-1][0].sort().values.cpu(), want)  # conditional: the question matters
 
 

@@ -182,7 +182,7 @@ def test_vtw_withdraws_every_image_token(images):
 def test_select_returns_the_kept_columns(images):
     vlm = tiny.build("llava", seed=3, num_layers=4)
     batch = vlm.prepare(images[:1], QUESTIONS[:1])
-    sel = prune.select("fastv", vlm, batch, keep=10)
+    sel = prune.select(vlm, batch, "fastv", keep=10)
     assert len(sel) == 1 and sel[0][0].numel() == 10
 
 

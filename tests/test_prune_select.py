@@ -175,7 +175,7 @@ def test_fitprune_equals_the_authors_rule():
     hm = attn.max(heads); self = (hm[img, img] / n).sum(queries); cross = hm[after image, img].sum(queries);
     the `delete` lowest of cross * self are dropped. Transcribed on a random causal attention map."""
     from vtanalysis.prune.engine import StageInputs
-    from vtanalysis.prune.registry import choose_fitprune
+    from vtanalysis.prune.methods.table5 import choose_fitprune
 
     heads, prefix, n, n_text = 4, 5, 30, 7
     attn = causal_attention(heads, prefix + n + n_text, seed=5)  # the old rule (head max last) fails all three

@@ -24,8 +24,8 @@ def choose_centre(inputs, keep, stage):
 
 
 def test_a_registered_method_runs_by_name(images):
-    mine = prune.Method("centre-test", "the middle image tokens", "llm", (), choose_centre,
-                        prune.methods_module.single_stage(2))
+    mine = prune.Method(name="centre-test", summary="the middle image tokens", where="llm", needs=(),
+                        choose=choose_centre, plan=prune.plans.single_stage(2))
     prune.register(mine)
     try:
         assert "centre-test" in prune.methods() and prune.get("centre-test").knobs == ["layer"]
@@ -35,7 +35,7 @@ def test_a_registered_method_runs_by_name(images):
         res = prune.run(vlm, batch, "centre-test", 4, layer=1, max_new_tokens=2)
         assert res.stage_layers == [1] and res.kept[0][0].tolist() == list(range(n // 2 - 2, n // 2 + 2))
     finally:
-        prune.methods_module._REGISTRY.pop("centre-test")
+        prune.registry._REGISTRY.pop("centre-test")
 
 
 def test_importing_the_library_leaves_the_matplotlib_backend_alone():
@@ -54,8 +54,8 @@ def choose_first(inputs, keep, stage, offset=0):
     return torch.arange(offset, offset + keep, device=inputs.columns.device)
 
 
-prune.register(prune.Method("first-plugin-test", "the first image tokens", "llm", (), choose_first,
-                            prune.methods_module.single_stage(1), choose_knobs=("offset",)))
+prune.register(prune.Method(name="first-plugin-test", summary="the first image tokens", where="llm", needs=(),
+                            choose=choose_first, plan=prune.plans.single_stage(1), choose_knobs=("offset",)))
 '''
 
 
@@ -86,7 +86,7 @@ def test_plugins_register_methods_for_the_cli_and_the_registry(tmp_path, monkeyp
         bad = CliRunner().invoke(app, ["--plugin", "no_such_module_here", "methods"])
         assert bad.exit_code == 2 and "could not import the method plugin 'no_such_module_here'" in bad.output
     finally:
-        prune.methods_module._REGISTRY.pop("first-plugin-test", None)
+        prune.registry._REGISTRY.pop("first-plugin-test", None)
         plugins._loaded.discard("my_methods_test")
         sys.modules.pop("my_methods_test", None)
 

@@ -23,3 +23,8 @@ class LayerError(VTAError):
 
 class WeightsError(VTAError):
     """A checkpoint's weights do not match the model built for it (they would load at random)."""
+
+
+class MethodError(VTAError):
+    """A pruning method is defined wrongly (at `prune.register`) or its chooser broke its contract
+    (wrong shape or dtype of the indices, a token chosen twice)."""

@@ -1,11 +1,14 @@
-"""Visual-token pruning: pure selection functions per method, a registry, and an engine that runs
-them inside real inference (`run`, `select`)."""
+"""Visual-token pruning: one file per method under `prune.methods`, a registry (`Method`, `Need`,
+`register`, `get`, `methods`), plan helpers for one's own methods (`prune.plans`), and an engine
+that runs them inside real inference (`run`, `select`)."""
+from . import plans, registry
 from .methods import adafv, adaptinfer, adaptprune, fastv
-from . import registry as methods_module  # plan helpers for one's own methods: single_stage, pre_stage, scaled_layers
 from .budget import keep_count
 from .methods.downsample import downsampled
-from .registry import Method, get, methods, register
+from .registry import Method, Need, get, methods, register
 from .run import RunResult, run, select
 
-__all__ = ["methods_module", "Method", "RunResult", "adafv", "adaptinfer", "adaptprune", "downsampled", "fastv", "get", "keep_count", "methods",
-           "register", "run", "select"]
+methods_module = plans  # the name earlier releases gave the plan helpers (single_stage, pre_stage, scaled_layers)
+
+__all__ = ["Method", "Need", "RunResult", "adafv", "adaptinfer", "adaptprune", "downsampled", "fastv", "get",
+           "keep_count", "methods", "methods_module", "plans", "register", "registry", "run", "select"]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 import transformers
 
-from ..errors import VTAError
+from ..errors import MethodError, VTAError
 from ..scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage, check_window
@@ -185,7 +186,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     stages = _stages(vlm, batch, spec, keep, knobs, crops)
     if spec.resolve_knobs is not None and stages:  # keep-all runs no chooser: nothing to resolve
         choose_knobs = spec.resolve_knobs(vlm, choose_knobs)
-    choose = functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose
+    choose = _checked(spec.name, functools.partial(spec.choose, **choose_knobs) if choose_knobs else spec.choose)
     if vlm.adapter.mrope and (spec.where == "pre" or positions is None):
         positions = "original"  # M-RoPE ids encode the image grid: renumbering them is not defined
     positions = positions or spec.positions
@@ -247,8 +248,8 @@ def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -
     for st in stages if not repeats else []:  # checked once here, not mid-prefill: a duplicate would be a silent filler
         for cols in st.columns:
             if cols.unique().numel() != cols.numel():
-                raise RuntimeError(f"method '{method}' selected a token twice at layer {st.layer}; a chooser must "
-                                   "return distinct indices.")
+                raise MethodError(f"method '{method}' selected a token twice at layer {st.layer}; a chooser must "
+                                  "return distinct indices.")
     stages = [_on_host(st) for st in stages]
     cfg = vlm.config.text_config
     d, m, depth = cfg.hidden_size, cfg.intermediate_size, vlm.num_layers
@@ -276,12 +277,35 @@ def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -
                                                depth) for b, lay in enumerate(batch.layouts)])
 
 
+def _checked(name: str, choose):
+    """`choose` with its contract checked on what the host knows without a device round trip: an
+    integer tensor of shape [keep]. (Distinct indices are checked once, after generation.)"""
+    def checked(inputs, keep, stage):
+        chosen = choose(inputs, keep, stage)
+        if not isinstance(chosen, torch.Tensor) or chosen.dtype not in (torch.long, torch.int):
+            raise MethodError(f"method '{name}': its chooser must return a LongTensor of indices into the current image "
+                              f"tokens, got {type(chosen).__name__}"
+                              f"{' of ' + str(chosen.dtype) if isinstance(chosen, torch.Tensor) else ''}.")
+        if tuple(chosen.shape) != (keep,):
+            raise MethodError(f"method '{name}': its chooser returned shape {tuple(chosen.shape)} for keep={keep} at "
+                              f"stage {stage}; it must return exactly [keep] indices.")
+        return chosen
+    return checked
+
+
 def _on_host(stage: Stage) -> Stage:
     """The stage with its kept columns on the CPU (the one transfer of a run, at the end)."""
     stage.columns = [c.cpu() for c in stage.columns]  # ok-host: after generation, for the result
     return stage
 
 
-def select(name: str, vlm, batch, keep: float | int = 0.25, **knobs) -> list[list[torch.Tensor]]:
-    """Just the selection: per stage, per sample, the kept layout columns (one prefill pass)."""
-    return run(vlm, batch, name, keep, max_new_tokens=1, **knobs).kept
+def select(vlm, batch, method: str = "fastv", keep: float | int = 0.25, **knobs) -> list[list[torch.Tensor]]:
+    """Just the selection: per stage, per sample, the kept layout columns (one prefill pass).
+
+    Arguments as `run`: `select(vlm, batch, "fastv", keep=0.25)`. The order of earlier releases,
+    `select("fastv", vlm, batch, keep)`, still works with a DeprecationWarning."""
+    if isinstance(vlm, str):  # select(name, vlm, batch, keep=...): the old order
+        warnings.warn("prune.select(name, vlm, batch, ...) is deprecated; call prune.select(vlm, batch, name, keep) "
+                      "like prune.run.", DeprecationWarning, stacklevel=2)
+        vlm, batch, method = batch, method, vlm
+    return run(vlm, batch, method, keep, max_new_tokens=1, **knobs).kept

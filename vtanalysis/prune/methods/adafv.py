@@ -12,6 +12,10 @@ half the budget from each ranking.
 from __future__ import annotations
 
 import torch
+from ..engine import split_newlines
+from ..plans import among_patches, pre_stage
+from . import fastv
+from ..registry import Method, Need, register
 
 
 def cosine_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -89,3 +93,42 @@ def select(t2i: torch.Tensor, saliency: torch.Tensor, keep: int, *, min_share: f
     offer = torch.minimum(2 * (rank_t - take_t), 2 * (rank_s - take_s) + 1)
     offer = torch.where(first_picks, -1, offer)
     return torch.topk(-offer, min(keep, n)).indices.sort().values
+
+
+def _t2i(inputs, patches, cosine=False):
+    """T2I scores of `patches`, normalised over all the sample's patches (newlines excluded), as the
+    authors' softmax runs over every image token of the sample; computed once per sample and stage."""
+    name = "_cosine_scores" if cosine else "_t2i_scores"
+    if getattr(inputs, name, None) is None:
+        _, every = split_newlines(inputs)
+        score = cosine_scores if cosine else t2i_scores
+        full = torch.full((len(inputs.columns),), float("-inf"), device=inputs.columns.device)
+        full[every] = score(inputs.text_embeds, inputs.image_embeds[every])
+        setattr(inputs, name, full)
+    return getattr(inputs, name)[patches]
+
+
+
+def pick_t2i(inputs, patches, k):
+    return fastv.select(_t2i(inputs, patches), k)
+
+
+
+def pick_sacmam(inputs, patches, k, dedupe=True):
+    return select(_t2i(inputs, patches), inputs.saliency[patches], k, dedupe=dedupe)
+
+
+
+def pick_fixed_mixture(inputs, patches, k, dedupe=True):
+    return select(_t2i(inputs, patches, cosine=True), inputs.saliency[patches], k, min_share=0.5, dedupe=dedupe)
+
+
+
+register(Method(name="adafv", summary="AdaFV: self-adaptive mixture (SACMAM) of T2I similarity and [CLS] saliency, "
+                "before the LLM", where="pre", needs=(Need.CLS, Need.EMBEDS), choose=among_patches(pick_sacmam),
+                plan=pre_stage(), positions="renumber", choose_knobs=("dedupe",), ordered=True))
+register(Method(name="adafv-fixed", summary="AdaFV fixed mixture (eq. 3): half the budget by cosine T2I, half by [CLS] "
+                "saliency", where="pre", needs=(Need.CLS, Need.EMBEDS), choose=among_patches(pick_fixed_mixture),
+                plan=pre_stage(), positions="renumber", choose_knobs=("dedupe",), ordered=True))
+register(Method(name="adafv-t2i", summary="AdaFV part: T2I similarity only (eq. 4), before the LLM", where="pre",
+                needs=(Need.EMBEDS,), choose=among_patches(pick_t2i), plan=pre_stage(), positions="renumber"))

@@ -12,6 +12,11 @@ prune after layers 0, 9, 19 keeping 0.5 / 0.6 / 0.3 of the tokens still there. P
 from __future__ import annotations
 
 import torch
+from ...errors import VTAError
+from ..budget import scale_to_average, table_counts
+from ..plans import budget_tokens, scaled_layers
+from . import fastv
+from ..registry import Method, Need, register
 
 SCHEDULE_LAYERS = (1, 10, 20)
 # Kept image tokens per stage for LLaVA-1.5-7B by average budget (authors' presets), defined on
@@ -75,3 +80,59 @@ def scores(attn: torch.Tensor, text_idx: torch.Tensor, image_idx: torch.Tensor, 
     """
     rows = attn[:, text_idx]
     return scores_from_rows(rows[:, :, text_idx], rows[:, :, image_idx], mix)
+
+
+def adaptinfer_plan(vlm, n_image, keep, layers=None, counts=None, ratios=None, **_):
+    """AdaptInfer's multi-stage schedule.
+
+    LLaVA (default): prune after layers 1, 10, 20 (stages start at 2, 11, 21; scaled to other
+    depths) with the authors' LLaVA-1.5-7B per-stage counts for average budgets 128, 64, 48 and 32
+    of `PRESET_IMAGE_TOKENS` tokens. Qwen2-VL: prune after layers 0, 9, 19 (of 28,
+    scaled to other depths) with the authors' ratios 0.5 / 0.6 / 0.3 of the current count
+    (`chained_counts`). `ratios=` gives the counts by that rule directly (keep unused).
+    `keep` sets the budget B, the image-token count averaged over the decoder layers as the authors
+    count it (`authors_average`, which reproduces their presets: 290/72/18 averages
+    128.8). A published budget on the published geometry uses the preset as published (Qwen2-VL:
+    B equal to the ratios' own average); otherwise the preset (LLaVA: nearest in share) is scaled,
+    capped at n_image, until its average equals B (bisection).
+    `counts` overrides the per-stage kept counts; `layers` the stage layers.
+    """
+    qwen = getattr(getattr(vlm, "adapter", None), "mrope", False)  # Qwen2-VL's M-RoPE family
+    if layers is not None:
+        stage_layers = list(layers)
+    elif qwen:
+        stage_layers = scaled_layers(vlm, tuple(l + 1 for l in QWEN_SCHEDULE_LAYERS), QWEN_DEPTH)
+    else:
+        stage_layers = scaled_layers(vlm, tuple(l + 1 for l in SCHEDULE_LAYERS))
+
+    def average(c):
+        return authors_average(n_image, list(zip(stage_layers, c)), vlm.num_layers)
+
+    if counts is None and ratios is not None:
+        counts = chained_counts(n_image, ratios)
+    if counts is None and qwen:
+        preset = chained_counts(n_image, QWEN_RATIOS[: len(stage_layers)])
+        budget = budget_tokens(keep, n_image)
+        counts = preset if abs(average(preset) - budget) < 0.5 else scale_to_average(preset, budget, n_image, average)
+    elif counts is None:
+        presets = {b: c[: len(stage_layers)] for b, c in PRESETS_7B.items()}
+        counts = table_counts(presets, PRESET_IMAGE_TOKENS, budget_tokens(keep, n_image), n_image,
+                              vlm.num_layers, average)
+    if len(counts) != len(stage_layers):
+        raise VTAError(f"AdaptInfer got {len(counts)} stage counts for {len(stage_layers)} stage layers.")
+    counts = [min(c, n_image) for c in counts]
+    if any(b > a for a, b in zip(counts, counts[1:])):
+        raise VTAError(f"AdaptInfer stage counts must not grow: {counts}.")
+    return list(zip(stage_layers, counts))
+
+
+
+def choose_adaptinfer(inputs, keep, stage):
+    scores = scores_from_rows(inputs.text_to_text, inputs.text_to_image)
+    return fastv.select(scores, keep)
+
+
+
+register(Method(name="adaptinfer", summary="AdaptInfer: text-prior-weighted attention, multi-stage schedule",
+                where="llm", needs=(Need.TEXT_ROWS,), choose=choose_adaptinfer, plan=adaptinfer_plan,
+                positions="renumber"))

@@ -21,6 +21,9 @@ import math
 import torch
 
 from ...perf import deliberate_sync
+from ...errors import VTAError
+from ..plans import single_stage
+from ..registry import Method, Need, register
 
 LAYER = 2
 KEEP = 0.1
@@ -236,3 +239,21 @@ def select(scores: torch.Tensor, keys: torch.Tensor | None, grids: list[tuple[in
         LongTensor [keep] of column indices, ascending, on the scores' device.
     """
     return nms_union(scores, keys, grids, keep, **knobs)
+
+
+def choose_adaptprune(center_sigma=12.0, sigma_d=1.5, sigma_s=0.05, window=5.0):
+    def choose(inputs, keep, stage):
+        if inputs.grids is None:
+            raise VTAError("AdaptPrune needs intact image grids: it prunes in a single stage.")
+        return select(inputs.last_row, inputs.keys, inputs.grids, keep, center_sigma=center_sigma,
+                                 sigma_d=sigma_d, sigma_s=sigma_s, window=window)
+    return choose
+
+
+register(Method(name="adaptprune", summary="AdaptPrune: corrected attention + adaptive NMS over distance and key similarity",
+                where="llm", needs=(Need.LAST_ROW, Need.KEYS), choose=choose_adaptprune(), plan=single_stage(LAYER)))
+register(Method(name="adaptprune-correction", summary="AdaptPrune ablation (Table 4 b): Gaussian correction only",
+                where="llm", needs=(Need.LAST_ROW,), choose=choose_adaptprune(sigma_d=0.0, sigma_s=None),
+                plan=single_stage(LAYER)))
+register(Method(name="adaptprune-distance", summary="AdaptPrune ablation (Table 4 c): correction + distance decay",
+                where="llm", needs=(Need.LAST_ROW,), choose=choose_adaptprune(sigma_s=None), plan=single_stage(LAYER)))

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VTAError
+from ..engine import split_newlines
+from ..plans import among_patches, pre_stage
+from ..registry import Method, Need, register
 
 
 def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
@@ -91,3 +94,29 @@ def require_clip(vlm, clip):
                    "clip=HFClip(CLIPModel, CLIPProcessor) (or a (model, processor) pair), e.g. for LLaVA-1.5 "
                    "openai/clip-vit-large-patch14-336.")
 
+
+def choose_cdpruner(inputs, keep, stage, clip=None):
+    """CDPruner (`prune.cdpruner`): relevance over all the sample's patches, one DPP per crop."""
+    if inputs.question is None:
+        raise VTAError("cdpruner encodes the question with CLIP: prepare the batch with questions=, not prompts=.")
+    newlines, patches = split_newlines(inputs)
+    rel = torch.zeros(len(inputs.columns), device=inputs.columns.device)
+    rel[patches] = relevance(clip, inputs.vision_features[patches], inputs.question)
+    x = F.normalize(inputs.image_embeds.float(), dim=-1)
+
+    def pick(inputs, crop, k):
+        kernel = rel[crop, None] * (x[crop] @ x[crop].T) * rel[None, crop]
+        return greedy_map(kernel, k)
+    return among_patches(pick)(inputs, keep, stage)
+
+
+
+def cdpruner_knobs(vlm, knobs):
+    return {**knobs, "clip": require_clip(vlm, knobs.get("clip"))}
+
+
+
+register(Method(name="cdpruner", summary="CDPruner: conditional DPP, CLIP question relevance x projector-output "
+                "similarity, per crop", where="pre", needs=(Need.CLS, Need.CLS_TOKEN, Need.VISION_FEATURES, Need.EMBEDS),
+                choose=choose_cdpruner, plan=pre_stage(), positions="renumber", choose_knobs=("clip",),
+                resolve_knobs=cdpruner_knobs))

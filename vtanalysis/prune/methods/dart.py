@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ..plans import single_stage
+from ..registry import Method, Need, register
 
 LAYER = 2
 IMAGE_PIVOTS = TEXT_PIVOTS = 4
@@ -51,3 +53,13 @@ def select(keys: torch.Tensor, hidden: torch.Tensor, n_image: int, keep: int, im
         taken = taken.index_fill(0, j, True)
         picks.append(j)
     return torch.cat(picks)
+
+
+def choose_dart(inputs, keep, stage, image_pivots=IMAGE_PIVOTS, text_pivots=TEXT_PIVOTS):
+    return select(inputs.prev_keys, inputs.normed_hidden, len(inputs.columns), keep, image_pivots, text_pivots)
+
+
+
+register(Method(name="dart", summary="DART: per key-norm pivot (4 image + 4 text), the image tokens least similar to "
+                "it, at layer K=2", where="llm", needs=(Need.PREV_KEYS, Need.NORMED_HIDDEN), choose=choose_dart,
+                plan=single_stage(LAYER, rounding="round"), choose_knobs=("image_pivots", "text_pivots")))

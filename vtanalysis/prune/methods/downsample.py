@@ -16,6 +16,8 @@ from PIL import Image
 from ...errors import VTAError
 from ...models.images import load_image
 from ..budget import keep_count
+from ..plans import choose_first, no_stage
+from ..registry import Method, register
 
 
 def image_tokens(vlm, image: Image.Image) -> int:
@@ -51,3 +53,8 @@ def downsampled(vlm, images, keep, *, steps: int = 14) -> list[Image.Image]:
             lo, hi = (mid, hi) if image_tokens(vlm, resized(mid)) <= budget else (lo, mid)
         out.append(resized(lo))
     return out
+
+
+register(Method(name="downsample", summary="baseline: the image resized so the processor yields about the budget "
+                "(dynamic-resolution families; through `prune.downsampled` + 'none')", where="image", needs=(),
+                choose=choose_first, plan=no_stage))

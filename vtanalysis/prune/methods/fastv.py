@@ -7,6 +7,8 @@ Defaults from the official README: K = 2 (the HF demo uses K = 3).
 from __future__ import annotations
 
 import torch
+from ..plans import single_stage
+from ..registry import Method, Need, register
 
 LAYER = 2
 
@@ -21,3 +23,11 @@ def select(scores: torch.Tensor, keep: int) -> torch.Tensor:
         LongTensor [keep], sorted, no duplicates.
     """
     return torch.topk(scores, keep, sorted=False).indices.sort().values
+
+
+def choose(inputs, keep, stage):
+    return select(inputs.last_row, keep)
+
+
+register(Method(name="fastv", summary="FastV: top-k of layer K-1 last-row attention (K=2)", where="llm",
+                needs=(Need.LAST_ROW,), choose=choose, plan=single_stage(LAYER, rounding="round")))

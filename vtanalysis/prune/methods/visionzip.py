@@ -29,6 +29,8 @@ from ...devices import to_device
 from ...scoped import scoped
 from ..indices import true_indices
 from ..vision import projector_rows
+from ..plans import pre_stage
+from ..registry import Method, Need, register
 
 CONTEXTUAL_SHARE = 10 / 64
 
@@ -167,3 +169,16 @@ class ProjectorMerge:
                 flat_out[crop_rows[slot]] = module.forward(cls[row0 // n_patches][None]).to(flat_out.dtype)
                 self.stand_ins[b].append(crop[slot].to(self.vlm.device))  # beside the kept columns
         return flat_out.view_as(output)
+
+
+def choose_visionzip(inputs, keep, stage):
+    return choose(inputs)
+
+
+def prepare_visionzip(vlm, batch, stage, capture, crops):
+    return ProjectorMerge(vlm, batch, stage, crops, capture)
+
+
+register(Method(name="visionzip", summary="VisionZip: [CLS] + dominant [CLS]-attention tokens + contextual tokens merged "
+                "by key similarity", where="pre", needs=(Need.CLS, Need.CLS_TOKEN), choose=choose_visionzip,
+                plan=pre_stage(), positions="renumber", prepare=prepare_visionzip, ordered=True))

@@ -1,4 +1,4 @@
-"""Spatial baselines before the LLM: `uniform` (an even 2-D lattice of kept tokens per grid) and
+"""The baselines: `none` (no pruning, through the same path) and, before the LLM, `uniform` (an even 2-D lattice of kept tokens per grid) and
 `pool` (the same lattice, each kept token carrying the average of its block).
 
 Per grid (`Grid`: LLaVA-1.5 the image; LLaVA-NeXT the base image, then the unpadded tiles; Qwen2-VL
@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from ...scoped import scoped
 from ..engine import split_newlines
+from ..plans import choose_first, no_stage, pre_stage
+from ..registry import Method, register
 
 
 def lattice_shape(h: int, w: int, k: int) -> tuple[int, int]:
@@ -115,3 +117,12 @@ def pool_blocks(values: torch.Tensor, h: int, w: int, k: int, taken: torch.Tenso
 
 def prepare_pool(vlm, batch, stage, capture, crops):
     return PoolMerge(vlm, batch, stage)
+
+
+register(Method(name="none", summary="no pruning, through the same path (the baseline)", where="llm", needs=(),
+                choose=choose_first, plan=no_stage))
+register(Method(name="uniform", summary="baseline: tokens evenly spaced in 2-D over each grid, before the LLM",
+                where="pre", needs=(), choose=choose_uniform, plan=pre_stage(rounding="round"), positions="renumber"))
+register(Method(name="pool", summary="baseline: 2-D average pooling of the image embeddings per grid to the budget, "
+                "before the LLM", where="pre", needs=(), choose=choose_uniform, plan=pre_stage(rounding="round"),
+                positions="renumber", prepare=prepare_pool))
