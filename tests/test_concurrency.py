@@ -1,6 +1,6 @@
 """Safe under concurrency (issue 17): recording and pruning from several threads at once, nothing
 left patched. Every interception (the attention tap, decoder-layer wrappers, forward hooks) is
-installed once and acts only in the context (thread) that asked for it (`vtanalysis.scoped`,
+installed once and acts only in the context (thread) that asked for it (`vtanalysis._core.scoped`,
 `collect.tap`)."""
 import threading
 
@@ -12,7 +12,7 @@ from vtanalysis import prune
 from vtanalysis.collect import record_attention
 from vtanalysis.collect.tap import _TAPS
 from vtanalysis.models import tiny
-from vtanalysis.scoped import _ACTIVE, scoped
+from vtanalysis._core.scoped import _ACTIVE, scoped
 
 ROUNDS = 20
 

@@ -12,7 +12,7 @@ from vtanalysis.data import shapes
 from vtanalysis.data.dataset import read_samples
 from vtanalysis.evaluate import evaluate
 from vtanalysis.models import tiny
-from vtanalysis.processes import Processes
+from vtanalysis._core.processes import Processes
 
 
 @pytest.fixture(scope="module")

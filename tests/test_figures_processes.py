@@ -10,8 +10,9 @@ from reference import NoWait, run_cli
 import vtanalysis as vta
 from vtanalysis import figures
 from vtanalysis.analysis import saliency
-from vtanalysis.figures import Context, _scores
-from vtanalysis.processes import Processes
+from vtanalysis.experiments.context import Context
+from vtanalysis.experiments.statistics import scores as _scores
+from vtanalysis._core.processes import Processes
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""Issue 14: the intervals and verdicts behind `findings.md` (`analysis.stats`, `vtanalysis.findings`)."""
+"""Issue 14: the intervals and verdicts behind `findings.md` (`analysis.stats`, `vtanalysis.experiments.findings`)."""
 import math
 
 import numpy as np
 import pytest
 
 from vtanalysis.analysis.stats import mean_interval, paired, verdict, wilson
-from vtanalysis.findings import compare
+from vtanalysis.experiments.findings import compare
 
 
 def test_wilson_matches_the_textbook_values():

@@ -7,11 +7,35 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import processes
+from ._core import processes
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Record, analyse and prune visual-token attention in vision-language models.")
 console = Console(stderr=True)
+
+
+def _registered() -> dict[str, str]:
+    """The names the code registers, for help texts: bundled models, figures, pruning methods."""
+    from .experiments import names
+    from .models import tiny
+    from .prune import methods
+
+    return {"models": ", ".join(["demo", *tiny.NAMES]), "figures": ", ".join(names()), "methods": ", ".join(methods())}
+
+
+class _ListsRegistered(typer.core.TyperCommand):
+    """A command whose option help fills {models}, {figures} and {methods} from the registries when the
+    help is shown: `--help` lists what the code registers, and running a command imports nothing more."""
+
+    def format_help(self, ctx, formatter):
+        if any("{" in (p.help or "") for p in self.params):
+            names = _registered()
+            for p in self.params:
+                p.help = p.help.format(**names) if p.help else p.help
+        return super().format_help(ctx, formatter)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, 
+                  help="Record, analyse and prune visual-token attention in vision-language models.")
+MODEL_HELP = "Hugging Face id, local folder, or a bundled name: {models}."
 
 
 def _parse_layers(text: str):
@@ -75,10 +99,9 @@ def _parse_knobs(items: list[str] | None) -> dict:
     return knobs
 
 
-@app.command()
+@app.command(cls=_ListsRegistered)
 def collect(
-    model: str = typer.Option("demo", help="Hugging Face id, local folder, or a bundled name (demo, tiny-llava, "
-                              "tiny-llava-next, tiny-llava-onevision, tiny-qwen2-vl)."),
+    model: str = typer.Option("demo", help=MODEL_HELP),
     data: Path = typer.Option(None, help="Dataset folder: images + questions.jsonl. Default for the demo model: "
                               "its held-out scenes, written to OUT/data."),
     out: Path = typer.Option(..., help="Output folder; rerun with the same folder to resume."),
@@ -95,7 +118,7 @@ def collect(
     dataset (resumable on its own) and the main process merges them."""
     from .collect.dataset import collect_sharded
     from .errors import VTAError
-    from .files import output_folder
+    from ._core.files import output_folder
     from .models import load_vlm
 
     try:
@@ -132,12 +155,12 @@ def _parse_keep(text: str):
         raise typer.BadParameter(f"--keep takes a ratio like 0.1 or a token count like 64, not {text!r}.")
 
 
-@app.command("prune")
+@app.command("prune", cls=_ListsRegistered)
 def prune_cmd(
     image: Path = typer.Option(..., help="Image file."),
     question: str = typer.Option(..., help="Question about the image."),
-    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
-    method: str = typer.Option("fastv", help="Pruning method (see `vtanalysis methods`)."),
+    model: str = typer.Option("demo", help=MODEL_HELP),
+    method: str = typer.Option("fastv", help="Pruning method: {methods} (`vtanalysis methods` says what each does)."),
     keep: str = typer.Option("0.25", help="Ratio in (0, 1] or a token count."),
     layer: int = typer.Option(None, help="Pruning layer K for single-stage methods (method default if unset)."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. seed=1 (repeatable; "
@@ -250,14 +273,13 @@ def _demo_heldout(model: str | None, folder: Path, samples: int) -> Path:
     return folder
 
 
-@app.command("figures")
+@app.command("figures", cls=_ListsRegistered)
 def figures_cmd(
-    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
+    model: str = typer.Option("demo", help=MODEL_HELP),
     data: Path = typer.Option(None, help="Dataset folder in the standard format. Default: the demo model's "
                               "held-out scenes (ground-truth masks), written to OUT/cache/data."),
     out: Path = typer.Option(Path("figures"), help="Output folder (PNG, PDF and the numbers as CSV/JSON)."),
-    only: list[str] = typer.Option(None, help="Make only this figure (repeatable): positional_bias, inflection, "
-                                   "saliency_auc, t2i_similarity, coverage, overlays, accuracy_vs_keep, findings."),
+    only: list[str] = typer.Option(None, help="Make only this figure (repeatable): {figures}."),
     samples: int = typer.Option(400, min=1, help="Samples per analysis (positional bias: split over the tasks); "
                                 "400 keeps every accuracy's 95 % interval within +-0.05."),
     batch_size: int = typer.Option(32, min=1, help="Samples per forward pass."),
@@ -268,8 +290,8 @@ def figures_cmd(
     Under `accelerate launch -m vtanalysis figures ...` each process computes its part of the
     statistics and the main process draws the figures."""
     from .errors import VTAError
-    from .figures import make_figures
-    from .files import output_folder
+    from .experiments import make_figures
+    from ._core.files import output_folder
     from .models import load_vlm
 
     try:
@@ -288,13 +310,13 @@ def figures_cmd(
         print(f"{name}: " + ", ".join(str(p) for p in paths))
 
 
-@app.command("eval")
+@app.command("eval", cls=_ListsRegistered)
 def eval_cmd(
-    model: str = typer.Option("demo", help="Hugging Face id, local folder or bundled name."),
+    model: str = typer.Option("demo", help=MODEL_HELP),
     data: Path = typer.Option(None, help="Dataset folder (images + questions.jsonl with answers). Default for "
                               "the demo model: its held-out split of generated scenes."),
     samples: int = typer.Option(500, min=1, help="Evaluate the first N samples."),
-    method: str = typer.Option("none", help="Pruning method (see `vtanalysis methods`)."),
+    method: str = typer.Option("none", help="Pruning method: {methods} (`vtanalysis methods` says what each does)."),
     keep: str = typer.Option("1.0", help="Ratio in (0, 1] or a token count."),
     batch_size: int = typer.Option(16, min=1, help="Samples per batch."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. layer=3 or seed=1 "
@@ -314,7 +336,7 @@ def eval_cmd(
 
     from .data.dataset import read_samples
     from .errors import VTAError
-    from .evaluate import evaluate
+    from .experiments.evaluate import evaluate
     from .models import load_vlm
 
     try:
@@ -465,7 +487,7 @@ def train_demo_cmd(
 
 
 def _checked_device(device: str) -> str:
-    from .models.vlm import _checked_device as checked
+    from .models.loading import checked_device as checked
 
     try:
         return str(checked(device))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import transformers
 
 from .data import shapes
-from .files import atomic_write
+from ._core.files import atomic_write
 from .models import demo
 from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, collate, encode, grid_side, lr_at, patch_labels,
                          patch_loss, position_head, quick_eval)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import shapes
-from .files import atomic_write
+from ._core.files import atomic_write
 from .models import demo
 
 TRAIN_SEED0 = 1_000_000  # training scenes are seeds >= this; held-out scenes are below
@@ -282,7 +282,7 @@ def report(vlm, folder: str | Path, n_samples: int = 500, log=print) -> dict:
 
     from .analysis import attention_in_mask
     from .data.dataset import read_samples
-    from .evaluate import evaluate
+    from .experiments.evaluate import evaluate
 
     data = Path(tempfile.mkdtemp(prefix="vta-demo-heldout-"))
     shapes.write_dataset(data, n_images=n_samples // 4 + 1, seed=0, progress=False)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from ..collect.dataset import collect_sharded
 from ..errors import VTAError
-from ..processes import ONE, Processes
+from .._core.processes import ONE, Processes
 
 ROWS = {"last": 0, "text": 1}  # index into the collected maps: last prompt token, mean of text rows
 

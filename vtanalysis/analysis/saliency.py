@@ -28,7 +28,7 @@ from ..errors import VTAError
 from ..models.images import load_image
 from ..prune.methods.adafv import t2i_scores
 from ..prune.vision import VisionCapture, require_cls
-from ..scoped import scoped
+from .._core.scoped import scoped
 from .mask_attention import token_fractions
 
 RULES = ("cls", "t2i-cosine", "t2i-inner", "llm-attention")

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import Sample, read_samples
 from ..errors import VTAError
-from ..files import atomic_write, output_folder
-from ..processes import ONE, Processes, shard
+from .._core.files import atomic_write, output_folder
+from .._core.processes import ONE, Processes, shard
 from .record import SampleAttention, record_attention
 
 STATE = "state.safetensors"

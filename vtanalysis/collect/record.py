@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..devices import Copies
+from .._core.devices import Copies
 from ..errors import VTAError
-from ..files import atomic_write
+from .._core.files import atomic_write
 from ..models.layout import TokenLayout
-from ..scoped import scoped
+from .._core.scoped import scoped
 from .rows import attention_rows, causal_blocked, pad_rows
 from .tap import tap_attention
 

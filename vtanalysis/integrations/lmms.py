@@ -26,7 +26,7 @@ from lmms_eval.api.model import lmms
 
 from .. import prune
 from ..errors import VTAError
-from ..models.vlm import load_vlm
+from ..models.loading import load_vlm
 
 ARGS = ("pretrained", "method", "keep", "device", "dtype", "batch_size", "records", "max_new_tokens")
 

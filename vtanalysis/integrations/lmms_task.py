@@ -65,7 +65,7 @@ def doc_to_text(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """{"exact_match": 1.0 when the answer equals the reference after `evaluate.normalise`}."""
-    from ..evaluate import normalise
+    from ..experiments.evaluate import normalise
 
     return {"exact_match": float(normalise(results[0]) == normalise(doc["answer"]))}
 

@@ -7,7 +7,7 @@ the hidden states entering layer K_s. The selection is made once, at prefill; de
 (with or without the KV cache) see the same kept set, as in the official FastV code.
 
 How it attaches: the `forward` of every decoder layer from K_1 on is wrapped for the duration of
-a `with Pruner(...)` block, in the calling context only (`vtanalysis.scoped`: threads sharing the
+a `with Pruner(...)` block, in the calling context only (`vtanalysis._core.scoped`: threads sharing the
 model each see their own run, or none). The wrapper (1) at K_s gathers the hidden states to the kept tokens,
 (2) passes its own attention mask, built once per stage (causal by original order, padding and
 filler tokens masked; in the prefill of Gemma 3 also every kept token of an image to every other of
@@ -36,9 +36,9 @@ import torch
 
 from ..collect.rows import attention_rows, pad_rows
 from ..collect.tap import tap_attention
-from ..devices import Copies, execution_device, to_device
+from .._core.devices import Copies, execution_device, to_device
 from ..errors import VTAError
-from ..scoped import scoped
+from .._core.scoped import scoped
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Pruner:
 
     Speed: everything a stage's layers need (gathered states, position ids, rotary tables, mask)
     is built once when the stage starts and reused by its layers (a model split over devices: one
-    copy per device, `vtanalysis.devices.Copies`). A stage with no padding and no
+    copy per device, `vtanalysis._core.devices.Copies`). A stage with no padding and no
     fillers passes attention_mask=None under SDPA/flash, so the causal fast kernels run. The
     selection stays on the device; host-side counts come from the plan, not from the device.
     """

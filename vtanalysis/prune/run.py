@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from ..errors import MethodError, VTAError
-from ..scoped import scoped
+from .._core.scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage, check_window
 from .flops import prefill_flops, unpruned_prefill_flops
@@ -118,7 +118,7 @@ class _Timer:
         self.cuda = {d.type for d in devices} == {"cuda"} and len(devices) == 1
         self.sync = [d for d in devices if d.type == "cuda"] if not self.cuda else []
         self.marks = []
-        self._stack = ExitStack()  # scoped to this thread's run (`vtanalysis.scoped`)
+        self._stack = ExitStack()  # scoped to this thread's run (`vtanalysis._core.scoped`)
         self._stack.enter_context(scoped(module, "pre", lambda *_: self.marks.append([self._now(), None])))
         self._stack.enter_context(scoped(module, "post", lambda *_: self.marks[-1].__setitem__(1, self._now())))
 

@@ -17,7 +17,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 from ..collect.tap import tap_attention
 from ..errors import UnsupportedModelError
-from ..scoped import scoped
+from .._core.scoped import scoped
 
 
 def feature_layer_index(config) -> int:

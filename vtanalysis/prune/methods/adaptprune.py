@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ...perf import deliberate_sync
+from ..._core.perf import deliberate_sync
 from ...errors import VTAError
 from ..plans import single_stage
 from ..registry import Method, Need, register

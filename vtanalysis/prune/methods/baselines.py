@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...scoped import scoped
+from ..._core.scoped import scoped
 from ..engine import split_newlines
 from ..plans import choose_first, no_stage, pre_stage
 from ..registry import Method, register

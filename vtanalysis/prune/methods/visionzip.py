@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...devices import to_device
-from ...scoped import scoped
+from ..._core.devices import to_device
+from ..._core.scoped import scoped
 from ..indices import true_indices
 from ..vision import projector_rows
 from ..plans import pre_stage

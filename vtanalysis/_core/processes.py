@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import VTAError
+from ..errors import VTAError
 
 
 def shard(items: list, rank: int, world: int) -> list:

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .analysis.stats import mean_interval, paired, verdict
+from ..analysis.stats import mean_interval, paired, verdict
 
 KEEP = 0.1
 SCHEDULE_KEEP = 0.25  # an AdaptInfer budget every depth can meet (0.1 is below some first-stage floors)
@@ -63,8 +63,8 @@ def _saliency_rows(scores: dict) -> list[dict]:
 
 
 def _schedule_rows(ctx, result: dict) -> list[dict]:
-    from .analysis.inflection import schedule_from_inflections
-    from .errors import VTAError
+    from ..analysis.inflection import schedule_from_inflections
+    from ..errors import VTAError
 
     found = result["inflections"]
     layers = ", ".join(f"{c['layer']} ({c['confidence']:.2f})" for c in found) or "none"
@@ -96,7 +96,7 @@ def _schedule_rows(ctx, result: dict) -> list[dict]:
 
 def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
     """Every claim row: {"claim", "source", "n", "measured", "verdict"}."""
-    from .prune.registry import get
+    from ..prune.registry import get
 
     ev, samples = ctx.evaluation, ctx.samples
     rows = [compare("AdaptPrune beats FastV at 90 % pruning", "AdaptPrune Tab. 1", ev("adaptprune", KEEP),
@@ -125,7 +125,7 @@ def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
 
 def _seed_mean(ctx, method: str) -> dict:
     """A seeded method's hits averaged over the figures' seeds (a per-sample share in [0, 1])."""
-    from .figures import SEEDS
+    from .context import SEEDS
 
     runs = [ctx.evaluation(method, KEEP, seed=seed) for seed in SEEDS]
     hits = np.mean([r["hits"] for r in runs], axis=0)
@@ -136,7 +136,7 @@ def markdown(rows: list[dict], model: str, n: int) -> str:
     lines = [f"# Findings on {model}", "",
              f"n = {n} held-out samples (fewer where a claim is about one question type); keep {KEEP} unless "
              "stated; 95 % intervals in brackets, paired over the same samples for differences. "
-             "Verdicts: reproduced / refuted / inconclusive (see `vtanalysis.findings`).", "",
+             "Verdicts: reproduced / refuted / inconclusive (see `vtanalysis.experiments.findings`).", "",
              "| claim | source | n | measured | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['source']} | {r['n']} | {r['measured']} | **{r['verdict']}** |" for r in rows]
     return "\n".join(lines) + "\n"

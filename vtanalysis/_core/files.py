@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import VTAError
+from ..errors import VTAError
 
 
 def output_folder(path: str | Path) -> Path:

@@ -1,0 +1,46 @@
+"""Inflection layers of the cross-modal attention shift (AdaptInfer)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+
+from ..context import Context, save, write_json
+from ..registry import figure
+from ..statistics import inflection_result
+
+
+@figure(statistics=inflection_result)
+def inflection(ctx: Context) -> list[Path]:
+    """Attention-shift curves over the layers and their change points, with the AdaptInfer schedules they imply."""
+    result = inflection_result(ctx)
+    curves, found = result["curves"], result["inflections"]
+    titles = {"image_mass": "image attention mass of the last token", "js": "JS divergence, layer l-1 -> l",
+              "topk_overlap": "top-10% overlap, layer l-1 -> l"}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    for ax, (name, title) in zip(axes, titles.items()):
+        ax.plot(curves["layers"], curves[name], "o-", ms=3)
+        for c in found:
+            ax.axvline(c["layer"], color="crimson", ls="--", lw=1)
+            ax.text(c["layer"], ax.get_ylim()[1], f" {c['layer']} ({c['confidence']:.2f})", color="crimson",
+                    fontsize=7, va="top")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+    if found:
+        lines = ["AdaptInfer schedules implied", "(prune after each inflection layer):", ""]
+        for keep, sched in result["schedules"].items():
+            lines.append(f"keep {keep} (budget {result['budgets'][keep]} of {result['n_image_tokens']}):")
+            lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
+                         "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
+    else:
+        lines = ["no inflection layer detected:", "no AdaptInfer schedule follows", "(use a single-stage method)"]
+    axes[3].axis("off")
+    axes[3].text(0, 1, "\n".join(lines), va="top", fontsize=7.5, family="monospace", transform=axes[3].transAxes)
+    marks = "dashed: inflection layers (confidence)" if found else "no inflection layer detected"
+    fig.suptitle(f"{ctx.vlm.name}: cross-modal attention shift, mean over n = {result['samples']} samples; {marks}",
+                 fontsize=10)
+    paths = save(fig, ctx.out, "inflection")
+    paths.append(write_json(ctx.out / "inflection.json", result))
+    return paths

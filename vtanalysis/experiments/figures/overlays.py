@@ -1,0 +1,39 @@
+"""Retained-token overlays per method and keep ratio (AdaptPrune Fig. 1, 6, 7; AdaFV Fig. 7)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from ...models.images import load_image
+from ...prune.registry import get
+from ...prune.run import select
+from ...prune.vision import vision_refusal
+from ...viz.overlay import draw_overlay
+from ..context import KEEPS, METHODS, Context, save, write_json
+from ..registry import figure
+
+
+@figure()
+def overlays(ctx: Context, methods=METHODS, keeps=KEEPS, n_images: int = 2) -> list[Path]:
+    """The image tokens each method keeps at each keep ratio, drawn over the first images."""
+    methods = [m for m in methods if vision_refusal(ctx.vlm, get(m).needs) is None]
+    shown = ctx.samples[:n_images]
+    batch = ctx.vlm.prepare([load_image(s.image) for s in shown], [s.question for s in shown])
+    kept = {(m, k): select(ctx.vlm, batch, m, k)[-1] for m in methods for k in keeps}
+    paths = []
+    for i, s in enumerate(shown):
+        image, lay = load_image(s.image), batch.layouts[i]
+        grid = next(g for g in lay.grids if g.image == 0)
+        extent = ctx.vlm.adapter.grid_extent(ctx.vlm.processor, grid, image.size)
+        fig, axes = plt.subplots(len(keeps), len(methods), figsize=(2.3 * len(methods), 2.5 * len(keeps)), squeeze=False)
+        for c, m in enumerate(methods):
+            for r, k in enumerate(keeps):
+                draw_overlay(axes[r, c], image, grid, kept[(m, k)][i], extent,
+                             title=f"{m}, keep {k:g}" if r == 0 else f"keep {k:g}")
+        fig.suptitle(f"{ctx.vlm.name}: kept image tokens (bright, outlined) - \"{s.question}\"", fontsize=10)
+        paths += save(fig, ctx.out, f"overlays_{i}")
+    paths.append(write_json(ctx.out / "overlays.json", {
+        "samples": [s.id for s in shown],
+        "kept_columns": {f"{m}@{k}": [c.tolist() for c in cols] for (m, k), cols in kept.items()}}))
+    return paths

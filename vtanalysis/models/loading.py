@@ -1,0 +1,125 @@
+"""`load_vlm`: a supported VLM from a Hugging Face id, a local folder, the bundled demo or a tiny
+random model, with its device, dtype and weights checked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from ..errors import UnsupportedModelError, VTAError, WeightsError
+from . import demo, tiny
+from .registry import adapter_for
+from .vlm import VLM
+
+
+def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+             attn_implementation: str = "sdpa", strict: bool = True, device_map: str | dict | None = None) -> VLM:
+    """Load a supported VLM from a Hugging Face id or a local folder.
+
+    Args:
+        name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
+            demo LLaVA shipped in the package), or the name of a bundled tiny random model
+            ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen3-vl",
+            "tiny-internvl", "tiny-gemma3").
+        device: where to put the model; "auto" spreads it over every visible GPU (device_map="auto").
+        dtype: weight dtype; default float32 on CPU, the checkpoint's dtype elsewhere and under a device_map.
+        attn_implementation: the model's attention backend ("sdpa" by default).
+        strict: refuse a checkpoint whose weights do not match the model (missing, unexpected or
+            mismatched in shape): transformers would leave those weights randomly initialised and
+            every result would be computed on a broken model. False loads anyway, with a warning.
+        device_map: for a model larger than one GPU: `from_pretrained`'s device map ("auto", "balanced",
+            or {module name: device}); accelerate places the layers and moves each layer's inputs,
+            `device` is not used. Collectors and pruning methods run on such a model (each tensor
+            they build goes to the layer that uses it). Checkpoints only, not the bundled tiny models.
+    Raises:
+        UnsupportedModelError: the config's family has no adapter (the message lists those that do).
+        WeightsError: the checkpoint's weights do not match (strict=True).
+    """
+    name = str(name_or_path)
+    if str(device) == "auto":
+        device, device_map = "cpu", device_map or "auto"
+    device = checked_device(device)
+    dtype = checked_dtype(dtype)
+    if device_map is not None and name in tiny.NAMES:
+        raise VTAError(f"device_map is for checkpoints loaded with from_pretrained; {name!r} is built in memory "
+                       "and fits one device: pass device= instead.")
+    if name in tiny.NAMES:
+        return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
+    if name == "demo":
+        if not demo.available():
+            raise UnsupportedModelError(f"the demo model's weights are missing from {demo.WEIGHTS}; "
+                                        "run `vtanalysis train-demo` to make them.")
+        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict,
+                       device_map=device_map)
+        vlm.name = "demo"
+        return vlm
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        where = "a local folder without a usable config.json" if Path(name).exists() else \
+            "neither a local folder nor a Hugging Face hub id that can be downloaded from here"
+        raise UnsupportedModelError(f"cannot load a model from {name!r}: it is {where} ({type(err).__name__}). "
+                                    f"Pass a model folder (config.json + weights), a hub id, or a bundled name: "
+                                    f"demo, {', '.join(tiny.NAMES)}.") from None
+    adapter = adapter_for(config)
+    if dtype is None:
+        dtype = torch.float32 if torch.device(device).type == "cpu" and device_map is None else "auto"
+    model_cls = getattr(transformers, adapter.model_class)
+    placed = {} if device_map is None else {"device_map": device_map}
+    model, info = model_cls.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation,
+                                            output_loading_info=True, **placed)
+    check_loading(name, info, strict)
+    if device_map is None:
+        model = model.to(device)
+    processor = transformers.AutoProcessor.from_pretrained(name)
+    return VLM(model, processor, adapter, name)
+
+
+def checked_device(device) -> torch.device:
+    """`device` as a torch.device that exists here, or a `VTAError` naming the choices."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VTAError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', or 'auto' "
+                       "(spread over every GPU).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VTAError(f"device {device!r} was asked for but this torch has no usable CUDA device; use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise VTAError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here (0..).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VTAError(f"device {device!r} was asked for but MPS is not available here; use 'cpu'.")
+    return dev
+
+
+def checked_dtype(dtype):
+    """None, 'auto', a torch.dtype, or its name ('float16', 'bfloat16'...); anything else a `VTAError`."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise VTAError(f"unknown dtype {dtype!r}: use e.g. 'float32', 'float16', 'bfloat16' or 'auto'.")
+
+
+def check_loading(name: str, info: dict, strict: bool = True) -> None:
+    """Raise `WeightsError` (or warn, strict=False) when transformers' loading report lists weights
+    missing from the checkpoint, unexpected in it, or of another shape. Weights a family ties (the
+    LM head to the embeddings) are not reported by transformers, so they are never errors."""
+    import warnings
+
+    import transformers
+
+    problems = {kind: list(info.get(key) or []) for kind, key in
+                (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of another shape", "mismatched_keys"))}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if not problems:
+        return
+    listed = "; ".join(f"{len(keys)} {kind} (e.g. {', '.join(str(k) for k in keys[:3])})" for kind, keys in problems.items())
+    message = (f"the checkpoint '{name}' does not match the model transformers {transformers.__version__} builds for it: "
+               f"weights {listed}. Loading it would leave those weights at random. Use the transformers release the "
+               "checkpoint was saved with (vtanalysis is tested on the range in its README), or convert the "
+               "checkpoint's keys; load_vlm(..., strict=False) loads it anyway.")
+    if strict:
+        raise WeightsError(message)
+    warnings.warn(message, stacklevel=3)
+
