@@ -141,24 +141,13 @@ def families_page() -> str:
 
 # -- figures: the figure registry ----------------------------------------------------------------
 def figure_entries() -> list[tuple[str, str]]:
-    """[(figure name, what it shows)]: the names of `vtanalysis.figures.FIGURES`, each described by
-    its function's docstring, or else by its line in the module docstring's list."""
-    from vtanalysis import figures
+    """[(figure name, what it shows)] from the `@figure` registry: the docstring of the file that
+    defines each figure (else its drawing function's first line)."""
+    from vtanalysis.experiments import FIGURES
 
-    listed, current = {}, None
-    for line in inspect.cleandoc(figures.__doc__ or "").splitlines():
-        if line.startswith("    ") and not line.startswith("     "):
-            name, _, rest = line.strip().partition(" ")
-            current = name
-            listed[name] = rest.strip()
-        elif current and line.startswith("     "):
-            listed[current] += " " + line.strip()
-        else:
-            current = None
     out = []
-    for name in figures.FIGURES:
-        doc = inspect.getdoc(getattr(figures, name, None)) if callable(getattr(figures, name, None)) else None
-        out.append((name, doc or listed.get(name, "")))
+    for name, fig in FIGURES.items():
+        out.append((name, inspect.getdoc(sys.modules[fig.draw.__module__]) or fig.summary))
     return out
 
 
@@ -187,6 +176,7 @@ def _params(command, name: str) -> list[str]:
     """The options table, from typer's own help records (the lines `--help` prints)."""
     import typer
 
+    getattr(command, "fill_registered", lambda: None)()  # help listing bundled models, figures, methods
     ctx = typer.Context(command, info_name=name)
     records = [p.get_help_record(ctx) for p in command.params]
     rows = [f"| `{cell(opts)}` | {cell(text)} |\n" for opts, text in filter(None, records)]

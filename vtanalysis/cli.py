@@ -25,11 +25,15 @@ class _ListsRegistered(typer.core.TyperCommand):
     """A command whose option help fills {models}, {figures} and {methods} from the registries when the
     help is shown: `--help` lists what the code registers, and running a command imports nothing more."""
 
-    def format_help(self, ctx, formatter):
+    def fill_registered(self) -> None:
+        """Replace {models}, {figures} and {methods} in the options' help with the registered names."""
         if any("{" in (p.help or "") for p in self.params):
             names = _registered()
             for p in self.params:
                 p.help = p.help.format(**names) if p.help else p.help
+
+    def format_help(self, ctx, formatter):
+        self.fill_registered()
         return super().format_help(ctx, formatter)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import PromptError
+from ..errors import PromptError, UnsupportedModelError
 from .layout import TokenLayout, text_after_images
 
 
@@ -146,6 +146,36 @@ class Adapter:
         [n_tokens, D] tensor per image, in the image's sequence order (NaN at newline tokens).
         Default: one tower input per image, one token per patch."""
         return list(per_input)
+
+    # -- vision tower -------------------------------------------------------------------------
+    def vision_feature_layer(self, config) -> int:
+        """0-based vision encoder layer whose output the projector reads. `hidden_states[f]` is the
+        output of layer f - 1 (index 0 is the embeddings), so `vision_feature_layer` f = -2 means
+        layer L_v - 2, as in FasterVLM's `attentions[-2]`."""
+        f = config.vision_feature_layer
+        if not isinstance(f, int):
+            raise UnsupportedModelError(f"vision_feature_layer={f!r}: [CLS] saliency needs a single feature layer.")
+        n = config.vision_config.num_hidden_layers
+        return n + f if f < 0 else f - 1
+
+    def vision_encoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The vision tower's encoder layers (CLIP / SigLIP: `vision_model.encoder.layers`)."""
+        tower = model.model.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def crop_patches(self, vlm) -> int | None:
+        """Patch tokens of one vision-tower input where every input is a fixed-size crop with a [CLS]
+        token ((image_size / patch_size)^2), so pre-LLM methods budget per crop as their authors do;
+        None where each image is one crop of its own size (no [CLS] tower, dynamic resolution)."""
+        if not self.has_cls or not hasattr(vlm.model.model, "vision_tower"):
+            return None
+        vc = vlm.config.vision_config
+        return (vc.image_size // vc.patch_size) ** 2
+
+    def vision_crops(self, vlm, batch) -> int:
+        """How many inputs the vision tower sees for `batch`, read on the host (where `crop_patches`
+        is not None). Default: one per image."""
+        return sum(batch.images_per_sample or [1] * len(batch))
 
     # -- modules ------------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> nn.Module:

@@ -59,6 +59,10 @@ class Gemma3Adapter(Adapter):
     def arrange(self, run, side, config, image, col):
         return run, [Grid(image, "image", (side, side), col, col + side * side)], []
 
+    def vision_feature_layer(self, config) -> int:
+        """The projector reads the tower's last layer (Gemma 3 has no `vision_feature_layer`)."""
+        return config.vision_config.num_hidden_layers - 1
+
     def pack_vision(self, vlm, batch, per_input):
         """Per-patch values [V, P^2, D] averaged over each token's kernel x kernel patches, as the model's
         projector pools the features: [P^2 / kernel^2, D] per image, row-major."""

@@ -65,6 +65,12 @@ class LlavaNextAdapter(LlavaAdapter):
         nan = torch.full((per_input.shape[-1],), float("nan"), device=per_input.device)
         return self.pack_image_features(vlm, list(per_input.split(crops)), sizes, nan)
 
+    def vision_crops(self, vlm, batch) -> int:
+        """Each tiled image's base image and tiles (`image_size_to_num_patches`), one input per other image."""
+        sizes = batch.image_sizes if batch.image_sizes is not None else batch.model_inputs["image_sizes"].tolist()  # ok-host: before the run
+        return sum(image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vlm.config.vision_config.image_size)
+                   if tiled else 1 for s, tiled in zip(sizes, self.tiled_images(batch)))
+
     def tiled_images(self, batch) -> list[bool]:
         """Per image of the batch: whether the model tiles it (every image, in LLaVA-NeXT)."""
         return [True] * sum(batch.images_per_sample or [1] * len(batch))

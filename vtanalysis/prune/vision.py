@@ -1,43 +1,23 @@
 """What pre-LLM methods read on the vision side, mapped onto token-layout columns.
 
-At the encoder layer whose output feeds the projector (`vision_feature_layer`; -2 for LLaVA, i.e.
-0-based layer L_v - 2), `VisionCapture` records per vision input (one image, or one LLaVA-NeXT
-tile) the [CLS] query's softmax attention over the patch tokens, head-mean (FasterVLM, AdaFV;
-VisionZip's head-sum ranks identically), and the head-mean keys of the patch tokens (VisionZip's
-similarity metric). `to_columns` arranges such per-patch values in layout-column order, using the
-model's own `pack_image_features` for LLaVA-NeXT so tiles, unpadding and newline tokens follow the
-model exactly; newline columns get NaN.
+At the encoder layer whose output feeds the projector (`Adapter.vision_feature_layer`; -2 for
+LLaVA, i.e. 0-based layer L_v - 2), `VisionCapture` records per vision input (one image, or one
+LLaVA-NeXT tile) the [CLS] query's softmax attention over the patch tokens, head-mean (FasterVLM,
+AdaFV; VisionZip's head-sum ranks identically), and the head-mean keys of the patch tokens
+(VisionZip's similarity metric). `to_columns` arranges such per-patch values in layout-column order
+through the family's `Adapter.pack_vision` (LLaVA-NeXT: the model's own `pack_image_features`, so
+tiles, unpadding and newline tokens follow the model exactly); newline columns get NaN. What
+differs between families (feature layer, encoder layers, crop counts) is asked of the adapter.
 """
 from __future__ import annotations
 
 from contextlib import ExitStack
 
 import torch
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..collect.tap import tap_attention
 from ..errors import UnsupportedModelError
 from .._core.scoped import scoped
-
-
-def feature_layer_index(config) -> int:
-    """0-based vision encoder layer whose output the projector reads.
-
-    `hidden_states[f]` is the output of layer f - 1 (index 0 is the embeddings), so f = -2 means
-    layer L_v - 2, as in FasterVLM's `attentions[-2]`.
-    """
-    if not hasattr(config, "vision_feature_layer"):  # Gemma 3: the projector reads the tower's last layer
-        return config.vision_config.num_hidden_layers - 1
-    f = config.vision_feature_layer
-    if not isinstance(f, int):
-        raise UnsupportedModelError(f"vision_feature_layer={f!r}: [CLS] saliency needs a single feature layer.")
-    n = config.vision_config.num_hidden_layers
-    return n + f if f < 0 else f - 1
-
-
-def encoder_layers(vlm) -> torch.nn.ModuleList:
-    tower = vlm.model.model.vision_tower
-    return getattr(tower, "vision_model", tower).encoder.layers
 
 
 def vision_refusal(vlm, needs) -> str | None:
@@ -75,7 +55,8 @@ class VisionCapture:
     def __init__(self, vlm):
         self.vlm = vlm
         self.received = not vlm.adapter.has_cls  # no [CLS]: the attention each patch receives (see `_record`)
-        self.attn = encoder_layers(vlm)[feature_layer_index(vlm.config)].self_attn
+        self.layer = vlm.adapter.vision_encoder_layers(vlm.model)[vlm.adapter.vision_feature_layer(vlm.config)]
+        self.attn = self.layer.self_attn
         self.saliency = self.keys = self.cls_features = self.features = None
         self._columns = self._features = None
 
@@ -120,8 +101,7 @@ class VisionCapture:
     def __enter__(self):
         self._stack = ExitStack()
         self._stack.enter_context(tap_attention({self.attn: self._record}))
-        self._stack.enter_context(scoped(encoder_layers(self.vlm)[feature_layer_index(self.vlm.config)], "post",
-                                         self._record_cls))
+        self._stack.enter_context(scoped(self.layer, "post", self._record_cls))
         return self
 
     def __exit__(self, *exc):
@@ -174,21 +154,15 @@ def projector_rows(vlm, batch, n_patches: int, n_inputs: int) -> list[torch.Tens
 def crop_columns(vlm, batch) -> list[list[torch.Tensor]]:
     """Per sample, per crop (a vision input: an image, or a LLaVA-NeXT base image or tile, in the
     order the tower sees them): LongTensor of the layout columns of its patch tokens, ascending, on
-    the CPU (newline columns belong to no crop). Families without a vision [CLS] tower (Qwen2-VL)
-    have one crop per image. Built on the host from the layouts and the processor's sizes."""
-    model = vlm.model.model
-    if not vlm.adapter.has_cls or not hasattr(model, "vision_tower"):
+    the CPU (newline columns belong to no crop). Families whose crops have no fixed size
+    (`Adapter.crop_patches` is None: Qwen2-VL, Gemma 3, ...) have one crop per image. Built on the
+    host from the layouts and the processor's sizes."""
+    n_patches = vlm.adapter.crop_patches(vlm)
+    if n_patches is None:
         return [[torch.arange(a, b)[~torch.isin(torch.arange(a, b), torch.tensor(list(lay.newline_columns), dtype=torch.long))]
                  for a, b in lay.image_columns or [(0, lay.n_image_tokens)]] for lay in batch.layouts]
-    vc = vlm.config.vision_config
-    n_patches = (vc.image_size // vc.patch_size) ** 2
-    if hasattr(model, "pack_image_features"):
-        sizes = batch.image_sizes if batch.image_sizes is not None else batch.model_inputs["image_sizes"].tolist()  # ok-host: before the run
-        n_inputs = sum(image_size_to_num_patches(s, vlm.config.image_grid_pinpoints, vc.image_size) for s in sizes)
-    else:
-        n_inputs = sum(batch.images_per_sample or [1] * len(batch))
     out = []
-    for rows in projector_rows(vlm, batch, n_patches, n_inputs):  # CPU tensors: no device involved
+    for rows in projector_rows(vlm, batch, n_patches, vlm.adapter.vision_crops(vlm, batch)):  # CPU: no device involved
         crop = torch.where(rows >= 0, rows // n_patches, -1)
         out.append([(crop == v).nonzero().flatten() for v in crop[crop >= 0].unique().tolist()])  # ok-host: CPU layout, before the run
     return out
@@ -197,7 +171,5 @@ def crop_columns(vlm, batch) -> list[list[torch.Tensor]]:
 def full_crop_tokens(vlm, crops: list[torch.Tensor]) -> list[int]:
     """Tokens of each crop before any unpadding: the tower's patch count (LLaVA), or the crop's own
     token count where crops have no fixed size (Qwen2-VL's dynamic resolution)."""
-    if vlm.adapter.has_cls and hasattr(vlm.model.model, "vision_tower"):
-        vc = vlm.config.vision_config
-        return [(vc.image_size // vc.patch_size) ** 2] * len(crops)
-    return [len(c) for c in crops]
+    n_patches = vlm.adapter.crop_patches(vlm)
+    return [n_patches] * len(crops) if n_patches is not None else [len(c) for c in crops]
