@@ -140,7 +140,7 @@ def run_python(code: str, path: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_new_method_is_one_new_file_in_the_methods_folder(tmp_path):
     """A copy of the package with one file added to prune/methods/ lists and runs the method."""
     package = Path(vtanalysis.__file__).parent
-    shutil.copytree(package, tmp_path / "vtanalysis", ignore=shutil.ignore_patterns("__pycache__", "demo_weights"))
+    shutil.copytree(package, tmp_path / "vtanalysis", ignore=shutil.ignore_patterns("__pycache__", "weights"))
     (tmp_path / "vtanalysis" / "prune" / "methods" / "toy_last.py").write_text(TOY)
     out = run_python(RUN_TOY, str(tmp_path), tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,8 +1,8 @@
-"""Issue 14: the deep demo recipe (`vtanalysis.train_deep`) resumes exactly where it stopped, and
+"""Issue 14: the deep demo recipe (`vtanalysis.models.demo.train_deep`) resumes exactly where it stopped, and
 its LLaVA reads the contrastively trained tower frozen, as LLaVA's stages do."""
 import torch
 
-from vtanalysis import train_deep
+from vtanalysis.models.demo import train_deep
 
 TINY = train_deep.Recipe(clip_steps=3, clip_batch=6, align_steps=2, instruct_steps=2, batch_size=2, warmup=1)
 

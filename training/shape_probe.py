@@ -13,10 +13,10 @@ import argparse
 import torch
 import transformers
 
-from vtanalysis import train_deep
+from vtanalysis.models.demo import train_deep
 from vtanalysis.data import shapes
 from vtanalysis.models import demo
-from vtanalysis.train_demo import TRAIN_SEED0, lr_at, patch_labels
+from vtanalysis.models.demo.train_demo import TRAIN_SEED0, lr_at, patch_labels
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
            "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError", "WeightsError",
-           "analysis", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune", "viz"]
+           "analysis", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune",
+           "viz"]
 _SUBMODULES = {"analysis", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune", "viz"}
 
 

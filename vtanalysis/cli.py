@@ -426,8 +426,9 @@ def report_cmd(
 
 @app.command("train-demo")
 def train_demo_cmd(
-    recipe: str = typer.Option("deep", help="'deep' (the `demo` model: CLIP pretraining, 16-layer LLM, recipe in "
-                               "`vtanalysis.train_deep`) or 'small' (the 4-layer `demo-small`, `vtanalysis.train_demo`)."),
+    recipe: str = typer.Option("deep", help="'deep' (a 16-layer LLaVA: CLIP pretraining, then LLaVA's stages; "
+                               "`vtanalysis.models.demo.train_deep`; not shipped yet) or 'small' (the 4-layer model "
+                               "shipped as `demo`; `vtanalysis.models.demo.train_demo`)."),
     out: Path = typer.Option(None, help="Checkpoint folder; training resumes from it (default runs/demo-RECIPE)."),
     steps: int = typer.Option(None, min=0, help="Steps of the last stage (deep: instruction tuning, default 4000; "
                               "small: the whole model, default 4000)."),
@@ -461,7 +462,7 @@ def train_demo_cmd(
                       "load with --model FOLDER (the shipped demo stays as released).")
         raise typer.Exit(2)
     if recipe == "deep":
-        from . import train_deep
+        from .models.demo import train_deep
 
         defaults = train_deep.Recipe()
         r = train_deep.Recipe(clip_steps=defaults.clip_steps if vision_steps is None else vision_steps,
@@ -474,7 +475,7 @@ def train_demo_cmd(
             return
         train_deep.save(result, target, r, device)
     else:
-        from . import train_demo
+        from .models.demo import train_demo
 
         steps, vision_steps = 4000 if steps is None else steps, 1000 if vision_steps is None else vision_steps
         lr = 2e-3 if lr is None else lr
@@ -484,7 +485,7 @@ def train_demo_cmd(
         (Path(target) / "training.json").write_text(json.dumps(
             {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
              "wall_minutes": result["minutes"], "history": result["history"]}, indent=1))
-    from . import train_demo
+    from .models.demo import train_demo
 
     train_demo.report(result["vlm"], target)
     print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")

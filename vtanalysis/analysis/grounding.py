@@ -67,7 +67,7 @@ class Grounder:
 
     @classmethod
     def from_demo(cls, **kw) -> "Grounder":
-        """The demo model's own contrastive CLIP (`demo_weights/clip`), offline; no SAM-2, so the
+        """The demo model's own contrastive CLIP (`models/demo/weights/clip`), offline; no SAM-2, so the
         candidate masks are passed to `mask(..., proposals=)` (e.g. a scene's object masks)."""
         from ..models import demo
 

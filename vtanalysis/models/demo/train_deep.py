@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from .data import shapes
-from ._core.files import atomic_write
-from .models import demo
+from ...data import shapes
+from ..._core.files import atomic_write
+from .. import demo
 from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, collate, encode, grid_side, lr_at, patch_labels,
                          patch_loss, position_head, quick_eval)
 
@@ -175,7 +175,7 @@ def clip_eval(clip, proc, n: int = 256, device="cpu", head: torch.nn.Linear | No
     """Held-out image->caption retrieval accuracy among `n` scenes (chance 1/n), and grounding@1: over
     the held-out questions about named objects, how often `analysis.grounding.Grounder` ranks a
     target object's crop first among the scene's objects against the question (chance: `grounding_chance`)."""
-    from .analysis.grounding import Grounder, HFClip
+    from ...analysis.grounding import Grounder, HFClip
 
     clip.eval()
     scenes = [shapes.scene(s) for s in range(n)]
@@ -202,7 +202,7 @@ def clip_eval(clip, proc, n: int = 256, device="cpu", head: torch.nn.Linear | No
 # -- the LLM stages ----------------------------------------------------------------------------------
 def llava_from(clip: transformers.CLIPModel, proc, seed: int, device="cpu"):
     """A DEEP demo LLaVA whose vision tower is `clip`'s vision model, frozen."""
-    from .models.vlm import VLM
+    from ..vlm import VLM
 
     torch.manual_seed(seed)
     model = transformers.LlavaForConditionalGeneration(demo.config(proc, demo.DEEP))
@@ -249,7 +249,7 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
     `resume_from`: a file of `export_weights`, used when `out` has no checkpoint yet: the run goes on
     from its stage and step with a fresh optimizer, its learning rate re-warmed over `REWARM` steps.
     """
-    from .errors import VTAError
+    from ...errors import VTAError
 
     recipe = recipe or Recipe()
     out = Path(out)

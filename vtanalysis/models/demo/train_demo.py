@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import shapes
-from ._core.files import atomic_write
-from .models import demo
+from ...data import shapes
+from ..._core.files import atomic_write
+from .. import demo
 
 TRAIN_SEED0 = 1_000_000  # training scenes are seeds >= this; held-out scenes are below
 CAPTION_PROMPT = "describe the image ."
@@ -280,9 +280,9 @@ def report(vlm, folder: str | Path, n_samples: int = 500, log=print) -> dict:
     """
     import tempfile
 
-    from .analysis import attention_in_mask
-    from .data.dataset import read_samples
-    from .experiments.evaluate import evaluate
+    from ...analysis import attention_in_mask
+    from ...data.dataset import read_samples
+    from ...experiments.evaluate import evaluate
 
     data = Path(tempfile.mkdtemp(prefix="vta-demo-heldout-"))
     shapes.write_dataset(data, n_images=n_samples // 4 + 1, seed=0, progress=False)

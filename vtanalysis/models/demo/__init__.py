@@ -17,11 +17,11 @@ from pathlib import Path
 
 import transformers
 
-from ..data import shapes
-from .tiny import LLAVA_TEMPLATE
-from .wordtok import BASE_WORDS, word_tokenizer
+from ...data import shapes
+from ..tiny import LLAVA_TEMPLATE
+from ..wordtok import BASE_WORDS, word_tokenizer
 
-WEIGHTS = Path(__file__).parent / "demo_weights"
+WEIGHTS = Path(__file__).parent / "weights"
 IMAGE_SIZE, PATCH = shapes.SIZE, 8
 EXTRA_WORDS = "describe image".split()
 
@@ -86,7 +86,7 @@ def untrained(seed: int = 0, shape: Shape = SMALL):
     """A randomly initialised demo-shaped model and its processor."""
     import torch
 
-    from .vlm import VLM
+    from ..vlm import VLM
 
     proc = processor()
     torch.manual_seed(seed)
@@ -98,7 +98,7 @@ def clip():
     """The deep demo's CLIP (vision tower + text encoder, trained contrastively; `train_deep`) and its
     processor, from `WEIGHTS / "clip"`."""
     if not (WEIGHTS / "clip" / "config.json").is_file():
-        from ..errors import UnsupportedModelError
+        from ...errors import UnsupportedModelError
 
         raise UnsupportedModelError(f"no demo CLIP in {WEIGHTS / 'clip'}: the shipped demo predates it; "
                                     "`vtanalysis train-demo --recipe deep` makes one.")
