@@ -19,8 +19,8 @@ Differences from the authors' code, on purpose:
   (`indices_set = set(image_indices + query_indices)`), which CPython makes deterministic (small
   ints hash to themselves, so it follows the positions modulo the table size) but which has no
   meaning for the method. The order matters because each pivot takes its tokens from those the
-  earlier pivots left: on LLaVA-1.5-sized inputs it changes up to 23 of the 132 kept tokens at
-  budget 128. `pivot_order="authors"` reproduces it: the pivots' positions (row + `image_start`,
+  earlier pivots left: up to 23 of the 132 kept tokens at budget 128 on LLaVA-1.5 (issue 41's
+  run of their code), 0 to 14 of 132 on random 576-token inputs (tests/test_fidelity.py). `pivot_order="authors"` reproduces it: the pivots' positions (row + `image_start`,
   the image's first position in the authors' prompt: 35 for LLaVA-1.5, their
   `--image_token_start_index` default) go to the host once per selection (one round trip per
   sample and stage, never per pick: the speed guards' default path makes none) and CPython's own
@@ -47,14 +47,14 @@ IMAGE_PIVOTS = TEXT_PIVOTS = 4
 IMAGE_START = 35  # the authors' --image_token_start_index (LLaVA-1.5's system prompt)
 
 
-def authors_pivot_order(pivots: torch.Tensor, image_start: int = IMAGE_START) -> torch.Tensor:
-    """[P] positions into `pivots` (rows: image rows, then n + text rows; image pivots first, each
+def authors_pivot_order(pivots: torch.Tensor, image_start: int = IMAGE_START) -> list[int]:
+    """[P] host indices into `pivots` (rows: image rows, then n + text rows; image pivots first, each
     group by descending norm, as the authors list them) in the order the authors' loop visits them:
     `list(set(image_positions + text_positions))` in CPython, positions = row + `image_start`.
     One host round trip: the order is CPython's, computed on the host."""
     positions = [image_start + r for r in pivots.tolist()]  # ok-host: once per selection, pivot_order="authors" only
     where = {p: i for i, p in enumerate(positions)}
-    return torch.tensor([where[p] for p in set(positions)], dtype=torch.long, device=pivots.device)
+    return [where[p] for p in set(positions)]
 
 
 def select(keys: torch.Tensor, hidden: torch.Tensor, n_image: int, keep: int, image_pivots: int = IMAGE_PIVOTS,
@@ -83,7 +83,7 @@ def select(keys: torch.Tensor, hidden: torch.Tensor, n_image: int, keep: int, im
     if count == 0:
         return image_piv
     if pivot_order == "authors":
-        pivots = pivots[authors_pivot_order(pivots, image_start)]
+        pivots = torch.cat([pivots[i:i + 1] for i in authors_pivot_order(pivots, image_start)])  # views: no copy
     per = [rest // count + (i < rest % count) for i in range(count)]  # host integers from the plan
     if dtype is None:
         h = F.normalize(hidden.float(), dim=-1)
