@@ -357,3 +357,42 @@ def test_dart_authors_order_costs_one_host_round_trip_per_selection(images):
                 kept = prune.select(vlm, batch, "dart", keep, pivot_order=order)
             assert sum(trips.sites.values()) == want, (order, keep, trips.sites)
             assert all(len(set(k.tolist())) == keep for k in kept[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# collect: an unreadable image is named, with why, on the terminal and in the summary
+
+def test_collect_names_an_unreadable_image_on_the_terminal_and_in_the_summary(tmp_path):
+    """A folder with a truncated JPEG: the run goes on without that sample, and both the terminal
+    (stderr, as it happens) and summary.json name it and say why (the decoder's error)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from vtanalysis.cli import app
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        shutil.copy(sample / "images" / name, data / "images" / name)
+    whole = (sample / "images" / "coffee.jpg").read_bytes()
+    (data / "images" / "coffee.jpg").write_bytes(whole[:len(whole) // 3])  # cut short: undecodable
+    rows = [{"id": "chelsea-0", "image": "images/chelsea.jpg", "question": "what animal is it ?"},
+            {"id": "coffee-0", "image": "images/coffee.jpg", "question": "what is in the cup ?"},
+            {"id": "rocket-0", "image": "images/rocket.jpg", "question": "what is this ?"}]
+    (data / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["collect", "--model", "tiny-llava", "--data", str(data), "--out", str(out),
+                                      "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    terminal = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    line = next(l for l in terminal.splitlines() if "skipped sample" in l)
+    assert "'coffee-0'" in line and "could not decode" in line and "coffee.jpg" in line
+    assert "2 samples (1 skipped)" in " ".join(terminal.split())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and summary["n_skipped"] == 1
+    assert [s["id"] for s in summary["skipped"]] == ["coffee-0"]
+    assert "could not decode" in summary["skipped"][0]["error"] and "coffee.jpg" in summary["skipped"][0]["error"]
