@@ -396,3 +396,31 @@ def test_collect_names_an_unreadable_image_on_the_terminal_and_in_the_summary(tm
     assert summary["n_samples"] == 2 and summary["n_skipped"] == 1
     assert [s["id"] for s in summary["skipped"]] == ["coffee-0"]
     assert "could not decode" in summary["skipped"][0]["error"] and "coffee.jpg" in summary["skipped"][0]["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every method file names the authors' code it was checked against, and says how it differs
+
+AUTHORS_CODE = {  # module: (the authors' file, their function) named in its docstring
+    "fastv": ("modeling_llama.py", "fastv_forward"),
+    "adaptprune": ("llava/model/language_model/adaptprune.py", "adapt_nms_2d"),
+    "scope": ("scope/clip_encoder.py", "SCOPE"),
+    "cdpruner": ("llava/model/llava_arch.py", "encode_images"),
+    "visionzip": ("visionzip/clip_encoder.py", "CLIPVisionTower_VisionZip.forward"),
+    "pyramiddrop": ("llava/model/modeling_llama_pdrop.py", "pdrop_rank_drop"),
+    "table5": ("LLaVA_1.5/llava/model/language_model/modeling_llama.py", "LlamaAttention.forward"),
+    "sparsevlm": ("llava/model/language_model/score.py", "attn_postprocess_topk"),
+    "divprune": ("LLaVA/llava/model/llava_arch.py", "DivPrune"),
+    "vispruner": ("llava/model/llava_arch.py", "encode_images"),
+    "dart": ("modeling_llama_self.py", "get_retained_image_token"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_CODE))
+def test_method_docstrings_name_the_authors_code_and_the_differences(name):
+    import importlib
+
+    doc = importlib.import_module(f"vtanalysis.prune.methods.{name}").__doc__
+    path, function = AUTHORS_CODE[name]
+    assert path in doc and function in doc
+    assert "Fidelity" in doc and "differ" in doc.lower()
