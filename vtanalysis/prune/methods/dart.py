@@ -20,11 +20,12 @@ Differences from the authors' code, on purpose:
   ints hash to themselves, so it follows the positions modulo the table size) but which has no
   meaning for the method. The order matters because each pivot takes its tokens from those the
   earlier pivots left: up to 23 of the 132 kept tokens at budget 128 on LLaVA-1.5 (issue 41's
-  run of their code), 0 to 14 of 132 on random 576-token inputs (tests/test_fidelity.py). `pivot_order="authors"` reproduces it: the pivots' positions (row + `image_start`,
-  the image's first position in the authors' prompt: 35 for LLaVA-1.5, their
-  `--image_token_start_index` default) go to the host once per selection (one round trip per
-  sample and stage, never per pick: the speed guards' default path makes none) and CPython's own
-  set gives the order.
+  run of their code), 0 to 14 of 132 on random 576-token inputs (tests/test_fidelity.py).
+  `pivot_order="authors"` reproduces it: the pivots' positions, row + `image_start` (the image's
+  first position in the authors' LLaVA-1.5 prompt, 35, their `--image_token_start_index`
+  default; a knob, since the order follows the positions), go to the host once per selection
+  (one round trip per sample and stage, never per pick; the default order makes none) and
+  CPython's own set gives the order.
 - Precision: the authors' key norms and cosines run in the model's float16, ours in float32 unless
   `authors_dtype` is set: then the L1 norms (`torch.norm(p=1)`) and `F.cosine_similarity` run in
   the model's dtype as in their code, and ties among float16 norms or cosines fall as `topk` breaks
