@@ -7,6 +7,9 @@ Output folder:
     skipped.jsonl       samples that could not be processed (e.g. an undecodable image), with why
     mean_attention.safetensors, summary.json, mean_image_attention.png   written at the end
 
+A skipped sample is also named, with why, on the terminal (stderr) when it is skipped, and in
+the summary (`skipped`: the first `SUMMARY_SKIPPED` of them; `n_skipped` counts all).
+
 An interrupted run restarted with the same arguments continues where the last checkpoint
 left off: done samples are skipped, and `samples.jsonl` is cut back to the checkpoint, so no
 sample is lost or counted twice.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -32,6 +36,7 @@ STATE = "state.safetensors"
 SAMPLES = "samples.jsonl"
 SKIPPED = "skipped.jsonl"
 SHARD = "shard.json"  # a shard's rank, process count and number of samples (its part of the dataset)
+SUMMARY_SKIPPED = 100  # skipped samples named in summary.json (skipped.jsonl has every one)
 
 
 def grid_key(grid) -> str:
@@ -197,6 +202,8 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
                              "n_text": att.layout.n_text, **maps.add(att)})
         if skipped:
             _append(out / SKIPPED, skipped)
+            for row in skipped:  # on the terminal too, above the progress bar, whatever `progress` is
+                tqdm.write(f"collect: skipped sample '{row['id']}': {row['error']}", file=sys.stderr)
         offset = _append(out / SAMPLES, rows)
         done.extend(s.id for s in chunk)
         _save_state(out, maps, done, offset, meta)
@@ -281,10 +288,12 @@ def _finish(vlm, out: Path, maps: MeanMaps, meta: dict) -> dict:
 
     means = maps.means()
     atomic_write(out / "mean_attention.safetensors", lambda p: save_file(means, str(p), metadata={"meta": json.dumps(meta)}))
-    n_skipped = sum(1 for line in (out / SKIPPED).read_text().splitlines() if line.strip())
+    skipped = [json.loads(line) for line in (out / SKIPPED).read_text().splitlines() if line.strip()]
+    n_skipped = len(skipped)
     mass = means["image_mass"][0].tolist() if "image_mass" in means else []  # ok-host: summary, after the collection
     summary = {**meta, "n_samples": maps.n, "n_skipped": n_skipped, "grids": maps.counts,
-               "mean_last_row_image_mass": mass}
+               "mean_last_row_image_mass": mass,
+               "skipped": [{"id": r["id"], "error": r["error"]} for r in skipped[:SUMMARY_SKIPPED]]}
     atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     if maps.n:
         plot_mean_maps(means, meta["layers"], title=f"{meta['model']} - mean text-to-image attention, n={maps.n}",

@@ -12,6 +12,15 @@ concatenated; greedy NMS: pick the argmax, then multiply every token j within gr
 
 Ablations (Table 4): attention only (= FastV), + correction (`sigma_d -> 0`), + distance
 (`sigma_s=None`), + similarity (full).
+
+Fidelity: run against the authors' released selection on shared inputs (issue 41), the kept set
+equals theirs on every case tried, for the full method and each Table 4 ablation
+(bzluan/AdaptPrune, `llava/model/language_model/adaptprune.py`, `FastVLlamaModel.forward` with its
+nested `create_gaussian_mask` and `adapt_nms_2d`; count int(576 x ratio), our "floor" rounding).
+Differences: the NMS runs in parallel rounds that give the greedy loop's picks (`nms_union`;
+`adaptive_nms_reference` is the per-step loop), suppression never crosses a sub-image boundary
+(the paper's appendix; their file handles one 24 x 24 grid), and a token is never picked twice
+(their loop can, in degenerate cases).
 """
 from __future__ import annotations
 

@@ -13,10 +13,20 @@ Per crop (an image; a LLaVA-NeXT base image or tile) keeping T of its N patch to
              j = argmax d; e = (K_j - c_j^T C) / sqrt(d_j); C += [e]; d -= e^2; d_j = -inf
 Kept tokens in sequence order; LLaVA-NeXT newline tokens kept on top.
 
+Fidelity: equal to the authors' selection (`llava/model/llava_arch.py`, `encode_images`, with the
+relevance of `multimodal_encoder/clip_encoder.py`) on every case tried. Their kernel is float32
+already, so there is no float16 variant to offer.
+
 Differences from the authors' code: the relevance min-max runs per sample (theirs over the whole
 batch, which their batch-1 evaluation makes the same thing, and which would let one sample change
 another's selection); CLIP runs in float32. The question is the sample's question as passed to
 `VLM.prepare`, without the chat template, as their evaluation scripts pass it.
+When the budget exceeds the kernel's numerical rank (duplicated or collinear tokens, or fewer
+embedding dimensions than kept tokens) the best greedy gain reaches zero, a negative rounding
+residue or NaN; the authors' loop then divides by its square root and returns a repeated index.
+Ours stops the greedy there and fills the rest of the crop's budget with the unpicked tokens of
+highest relevance (largest K_ii), so the result is always `keep` distinct tokens; before that
+point every pick is the authors' (`greedy_map`).
 """
 from __future__ import annotations
 
@@ -30,20 +40,32 @@ from ..registry import Method, Need, register
 
 
 def greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """[k] indices (pick order) of the fast greedy MAP of the DPP with `kernel` [n, n].
+    """[k] distinct indices (pick order) of the fast greedy MAP of the DPP with `kernel` [n, n].
 
-    About 12 dispatched ops per pick, all on the device (the argmax stays a tensor)."""
+    The authors' greedy step while the best gain d_j is positive. Once it is not (zero, negative
+    or NaN: the budget has reached the kernel's numerical rank, e.g. duplicated tokens), the rest
+    are the unpicked tokens of largest diagonal K_ii = r_i^2 S_ii (relevance order), instead of the
+    square root of a non-positive gain (the authors' code then divides by 0 or takes NaN and
+    repeats an index). About 18 dispatched ops per pick, all on the device (the stop is a 1-element
+    tensor, never read back)."""
     n = kernel.shape[0]
     k = min(k, n)
     picks = torch.empty(k, dtype=torch.long, device=kernel.device)
     chol = torch.zeros(k, n, device=kernel.device, dtype=kernel.dtype)
     gain = kernel.diagonal().clone()
+    fill = kernel.diagonal().clone()  # the fallback ranking once the gains are spent
+    spent = torch.zeros(1, dtype=torch.bool, device=kernel.device)
     for i in range(k):
         j = gain.argmax(dim=0, keepdim=True)
+        best = gain.index_select(0, j)
+        spent = spent | ~(best > 0)  # sticky; NaN > 0 is False
+        j = torch.where(spent, fill.argmax(dim=0, keepdim=True), j)
         picks[i:i + 1] = j
-        e = (kernel.index_select(0, j)[0] - chol[:i].index_select(1, j)[:, 0] @ chol[:i]) / gain.index_select(0, j).sqrt()
-        chol[i] = e
-        gain = (gain - e * e).index_fill(0, j, float("-inf"))
+        scale = torch.where(spent, torch.ones_like(best), best).sqrt()
+        e = (kernel.index_select(0, j)[0] - chol[:i].index_select(1, j)[:, 0] @ chol[:i]) / scale
+        chol[i] = torch.where(spent, torch.zeros_like(e), e)
+        gain = (gain - chol[i] * chol[i]).index_fill(0, j, float("-inf"))
+        fill = fill.index_fill(0, j, float("-inf"))
     return picks
 
 

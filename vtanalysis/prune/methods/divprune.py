@@ -7,24 +7,70 @@ device (the argmax is a 1-element tensor used as an index), 7 dispatched ops a p
         D_ij = 1 - cos(x_i, x_j)
         pick 1  = argmax_j (second-smallest entry of column j of D: the distance to j's nearest other token)
         pick i  = argmax_j min_{p picked} D_pj
+
+Fidelity: in float32 our picks equal the authors' (`LLaVA/llava/model/llava_arch.py`,
+`LlavaMetaForCausalLM.DivPrune`, with `pairwise_cosine_similarity`) on every case tried; the count
+is theirs, int(round(ratio x N)) (`pre_stage(rounding="round")`).
+Precision: the authors run it in the model's float16, and their published numbers come from that.
+There, D = 1 - cos for tokens with cosine ~0.99 rounds to steps of ~5e-4, so the max-min distances
+collapse to a few distinct values (3 to 6 nearest-neighbour distances over 576 tokens, against
+~550 in float32) and the ties go to the lowest index (argmax): kept sets as different from the
+float32 rule as Jaccard 0.05 (measured 0.05 to 0.24 on 576 float16 tokens of cosine ~0.99; 0.05 on
+LLaVA-1.5 in issue 41). `authors_dtype=True` computes the rule in the model's dtype as their code
+does (a dtype or its name, e.g. "float16", forces one); the default is our float32 rule.
+Deviation kept in both: a picked token is never picked again (see `divprune`).
 """
 from __future__ import annotations
 
 import torch
+from ...errors import VTAError
 from ..plans import cosine_matrix, pre_stage
 from ..registry import Method, Need, register
 
 
-def divprune(x: torch.Tensor, k: int) -> torch.Tensor:
+def rule_dtype(authors_dtype) -> torch.dtype | None:
+    """The dtype a selection rule computes in, from an `authors_dtype` knob: None (our float32 rule)
+    for False / None; a `torch.dtype`, or its name ("float16", "bfloat16"), as given. True means the
+    model's dtype, which `prune.run` resolves (`resolve_authors_dtype`) before calling the chooser."""
+    if authors_dtype is None or authors_dtype is False:
+        return None
+    if isinstance(authors_dtype, torch.dtype):
+        return authors_dtype
+    if isinstance(authors_dtype, str) and isinstance(getattr(torch, authors_dtype, None), torch.dtype):
+        return getattr(torch, authors_dtype)
+    if authors_dtype is True:
+        raise VTAError("authors_dtype=True means the model's dtype, which prune.run resolves; calling a chooser "
+                       "by hand, pass the dtype itself, e.g. authors_dtype=torch.float16.")
+    raise VTAError(f"authors_dtype takes True (the model's dtype, as the authors' code computes), False (our "
+                   f"float32 rule) or a dtype such as 'float16', not {authors_dtype!r}.")
+
+
+def resolve_authors_dtype(vlm, knobs: dict) -> dict:
+    """`Method.resolve_knobs` of the methods with an `authors_dtype` knob: True becomes the model's dtype."""
+    if knobs.get("authors_dtype") is True:
+        return {**knobs, "authors_dtype": vlm.dtype}
+    return knobs
+
+
+def divprune(x: torch.Tensor, k: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """DivPrune (vbdi/divprune, `LLaVA/llava/model/llava_arch.py`, `DivPrune`) on the embeddings the
-    LLM receives. Differences from the authors' code: float32 instead of float16, and a picked token
-    is excluded explicitly (theirs relies on its zero self-distance, so float16 can pick an exact
-    duplicate, e.g. a second newline token, twice)."""
+    LLM receives: x [n, D] -> [min(k, n)] indices in pick order.
+
+    dtype None: our float32 rule (F.normalize, float32 distances). A dtype (the `authors_dtype` knob):
+    the authors' arithmetic in it, x / ||x|| and 1 - x x^T rounded to `dtype` (their LLaVA runs it in
+    float16). Either way a picked token is excluded explicitly: theirs relies on its zero
+    self-distance, so float16 can pick an exact duplicate (e.g. a second newline token) twice, which
+    the engine refuses; that is the only place the dtype variant leaves their code."""
     n = x.shape[0]
     picks = torch.empty(min(k, n), dtype=torch.long, device=x.device)
     if len(picks) == 0:
         return picks
-    dist = 1 - cosine_matrix(x)
+    if dtype is None:
+        dist = 1 - cosine_matrix(x)
+    else:
+        xd = x.to(dtype)
+        xn = xd / xd.norm(dim=-1, keepdim=True)
+        dist = 1.0 - xn @ xn.T
     # the smallest entry of each column is its diagonal (~0): the second is the nearest other token
     if n > 1:
         first = torch.kthvalue(dist, 2, dim=0).values.argmax(dim=0, keepdim=True)
@@ -40,13 +86,14 @@ def divprune(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 
-def choose_divprune(inputs, keep, stage):
+def choose_divprune(inputs, keep, stage, authors_dtype=False):
     """DivPrune over every image token the LLM would receive (LLaVA-NeXT newlines are candidates
-    too, as in the authors' code), kept in sequence order."""
-    return divprune(inputs.image_embeds, keep).sort().values
+    too, as in the authors' code), kept in sequence order. `authors_dtype`: see `divprune`."""
+    return divprune(inputs.image_embeds, keep, rule_dtype(authors_dtype)).sort().values
 
 
 
 register(Method(name="divprune", summary="DivPrune: greedy max-min diversity (1 - cosine) of the LLM's image embeddings, "
                 "before the LLM", where="pre", needs=(Need.EMBEDS,), choose=choose_divprune,
-                plan=pre_stage(rounding="round"), positions="renumber"))
+                plan=pre_stage(rounding="round"), positions="renumber", choose_knobs=("authors_dtype",),
+                resolve_knobs=resolve_authors_dtype))

@@ -6,6 +6,13 @@ layers (2, 6, 15 of 32 in the authors' code, pruning their outputs) the raters' 
 attention rows over the image tokens are averaged and the top-k kept; the per-stage counts follow
 the authors' tables for each published budget. Not reproduced: the recycling of pruned tokens into
 merged ones. Positions are renumbered.
+
+Fidelity: run against the authors' released code on shared inputs (issue 41), the first stage's
+raters and kept set equal theirs on every case tried (Gumpest/SparseVLMs,
+`llava/model/language_model/score.py`, `attn_postprocess_topk`, with the raters of
+`modelling_sparse_llama.py`, `LlamaDynamicvitModel.forward`). The later stages differ by
+design: the authors' recycled (merged) tokens re-enter the sequence, so their stages 2 and 3 rank
+a different token set than ours.
 """
 from __future__ import annotations
 

@@ -2,6 +2,13 @@
 last-row attention of layer K-1 (head-mean), as the paper's ablation runs them: random tokens,
 a random or the best token per 3x3 block then top-k, 3x3 average-pooled scores, every other token
 of the top 2k, the last k tokens, and single-layer FitPrune (ywh187/FitPrune's score at one layer).
+
+Fidelity (FitPrune): run against the authors' released code on shared inputs (issue 41), the
+tokens removed at a layer equal theirs on every case tried (ywh187/FitPrune,
+`LLaVA_1.5/llava/model/language_model/modeling_llama.py`, `LlamaAttention.forward`: the head max
+of the attention, then (sum over text) x (mean over image), the lowest removed). Difference: one
+layer at K = 2 with AdaptPrune's budget, as AdaptPrune's Table 5 runs it, not the authors' fitted
+per-layer removal schedule.
 """
 from __future__ import annotations
 

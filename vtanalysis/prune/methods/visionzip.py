@@ -17,6 +17,13 @@ LLaVA's 'default' feature strategy drops [CLS] before the projector, so the layo
 for it: [CLS] rides in the sequence slot of one patch that is merged away (the first non-target
 of R). `ProjectorMerge` writes the projected [CLS] there and reports that column as a stand-in,
 not as a kept patch.
+
+Fidelity: run against the authors' released code on shared inputs (issue 41), the dominant and
+contextual tokens equal theirs on every case tried and the merged features agree to 5e-7
+(dvlab-research/VisionZip, `visionzip/clip_encoder.py`, `CLIPVisionTower_VisionZip.forward`,
+installed by `visionzip/main.py`, `visionzip`). Differences: the head-mean [CLS] attention
+ranks instead of their head sum (a constant factor); [CLS] travels in a merged patch's slot
+(above) because LLaVA's 'default' strategy has no column for it.
 """
 from __future__ import annotations
 
