@@ -34,3 +34,15 @@ def test_prune_and_eval_help_list_every_method():
 def test_collect_help_lists_every_tiny_model():
     text = help_text("collect")
     assert all(name in text for name in tiny.NAMES)
+
+
+def test_methods_listing_keeps_its_columns_apart():
+    """Every row of `vtanalysis methods` starts its knobs and its summary at the header's columns,
+    however long a method's knobs are (DART has five)."""
+    out = CliRunner().invoke(app, ["methods"])
+    lines = out.output.splitlines()
+    knobs_at, summary_at = lines[0].index("knobs"), lines[0].index("summary")
+    for line, name in zip(lines[1:], prune.methods()):
+        spec = prune.get(name)
+        assert line.startswith(name) and line[knobs_at - 2:knobs_at] == "  " and line[summary_at - 2:summary_at] == "  "
+        assert line[summary_at:] == spec.summary

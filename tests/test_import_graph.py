@@ -75,3 +75,12 @@ def test_the_walker_finds_a_circle():
 def test_no_module_imports_one_that_imports_it_back():
     found = circles(import_graph())
     assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_package_root_is_the_whole_package():
+    """What counts as vtanalysis' own code (host round-trip sites, the code fingerprint of cached
+    figures) is every file of the package, not only those beside the module that asks."""
+    from vtanalysis._core import files, perf
+
+    assert files.PACKAGE_ROOT == ROOT.resolve()
+    assert perf._PACKAGE == str(ROOT.resolve())

@@ -208,10 +208,11 @@ def methods_cmd():
     """List the registered pruning methods: where each acts, its knobs, and what it does."""
     from . import prune
 
-    print(f"{'method':<24}{'where':<6}{'knobs':<22}summary")
-    for name in prune.methods():
-        spec = prune.get(name)
-        print(f"{name:<24}{spec.where:<6}{', '.join(spec.knobs) or '-':<22}{spec.summary}")
+    rows = [(name, prune.get(name).where, ", ".join(prune.get(name).knobs) or "-", prune.get(name).summary)
+            for name in prune.methods()]
+    widths = [max(len(r[i]) for r in rows + [("method", "where", "knobs", "")]) + 2 for i in range(3)]
+    for row in [("method", "where", "knobs", "summary"), *rows]:  # columns as wide as their longest entry
+        print("".join(cell.ljust(w) for cell, w in zip(row, widths)) + row[3])
 
 
 @app.command("families")

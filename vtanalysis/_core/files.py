@@ -11,6 +11,8 @@ import torch
 
 from ..errors import VTAError
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # vtanalysis/, above this _core/
+
 
 def output_folder(path: str | Path) -> Path:
     """`path` as an existing folder (created if missing), or a `VTAError` when it names a file."""
@@ -62,8 +64,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def code_fingerprint() -> str:
     """A short hash of vtanalysis' own source files: a cached result made by other code is stale."""
-    root = Path(__file__).resolve().parent
     h = hashlib.sha1()
-    for p in sorted(root.rglob("*.py")):
+    for p in sorted(PACKAGE_ROOT.rglob("*.py")):
         h.update(p.read_bytes())
     return h.hexdigest()[:12]

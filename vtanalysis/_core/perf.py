@@ -28,9 +28,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import VTAError
+from .files import PACKAGE_ROOT
 from .scoped import scoped
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = str(PACKAGE_ROOT)
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 
 # aten ops that wait for the device: scalar reads and ops whose output size depends on the data

@@ -39,9 +39,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ...errors import VTAError
-from ..plans import single_stage
+from ..plans import resolve_authors_dtype, rule_dtype, single_stage
 from ..registry import Method, Need, register
-from .divprune import resolve_authors_dtype, rule_dtype
 
 LAYER = 2
 IMAGE_PIVOTS = TEXT_PIVOTS = 4

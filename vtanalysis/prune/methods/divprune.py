@@ -23,33 +23,8 @@ Deviation kept in both: a picked token is never picked again (see `divprune`).
 from __future__ import annotations
 
 import torch
-from ...errors import VTAError
-from ..plans import cosine_matrix, pre_stage
+from ..plans import cosine_matrix, pre_stage, resolve_authors_dtype, rule_dtype
 from ..registry import Method, Need, register
-
-
-def rule_dtype(authors_dtype) -> torch.dtype | None:
-    """The dtype a selection rule computes in, from an `authors_dtype` knob: None (our float32 rule)
-    for False / None; a `torch.dtype`, or its name ("float16", "bfloat16"), as given. True means the
-    model's dtype, which `prune.run` resolves (`resolve_authors_dtype`) before calling the chooser."""
-    if authors_dtype is None or authors_dtype is False:
-        return None
-    if isinstance(authors_dtype, torch.dtype):
-        return authors_dtype
-    if isinstance(authors_dtype, str) and isinstance(getattr(torch, authors_dtype, None), torch.dtype):
-        return getattr(torch, authors_dtype)
-    if authors_dtype is True:
-        raise VTAError("authors_dtype=True means the model's dtype, which prune.run resolves; calling a chooser "
-                       "by hand, pass the dtype itself, e.g. authors_dtype=torch.float16.")
-    raise VTAError(f"authors_dtype takes True (the model's dtype, as the authors' code computes), False (our "
-                   f"float32 rule) or a dtype such as 'float16', not {authors_dtype!r}.")
-
-
-def resolve_authors_dtype(vlm, knobs: dict) -> dict:
-    """`Method.resolve_knobs` of the methods with an `authors_dtype` knob: True becomes the model's dtype."""
-    if knobs.get("authors_dtype") is True:
-        return {**knobs, "authors_dtype": vlm.dtype}
-    return knobs
 
 
 def divprune(x: torch.Tensor, k: int, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -19,9 +19,8 @@ our float32 rule.
 from __future__ import annotations
 
 import torch
-from ..plans import among_patches, cosine_matrix, pre_stage
+from ..plans import among_patches, cosine_matrix, pre_stage, resolve_authors_dtype, rule_dtype
 from ..registry import Method, Need, register
-from .divprune import resolve_authors_dtype, rule_dtype
 
 
 def scope(features: torch.Tensor, saliency: torch.Tensor, k: int, alpha: float = 1.0,

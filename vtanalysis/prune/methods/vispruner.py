@@ -29,9 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ...errors import VTAError
-from ..plans import among_patches, pre_stage
+from ..plans import among_patches, pre_stage, resolve_authors_dtype, rule_dtype
 from ..registry import Method, Need, register
-from .divprune import resolve_authors_dtype, rule_dtype
 
 
 def vispruner(features: torch.Tensor, saliency: torch.Tensor, k: int, important_ratio: float = 0.5,
