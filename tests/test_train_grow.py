@@ -1,5 +1,6 @@
 """Issue 42: the grown deep demo (`vtanalysis.train_grow`) starts as the shipped small demo, and its
 recipe stops, lands (exported, recorded) and resumes in pieces."""
+import dataclasses
 import json
 
 import pytest
@@ -56,3 +57,29 @@ def test_pieces_land_and_resume(tmp_path):
     doc = json.loads(record.read_text())
     assert len(doc["pieces"]) == 2 and doc["pieces"][1]["from"] == {"stage": "instruct", "step": 1}
     assert any("fresh optimizer" in e.get("event", "") for e in second["history"])
+
+
+def test_layer_drop_skips_trained_layers_in_training_only():
+    """Trained layers after the first are skipped in training mode (the last with probability
+    drop_trained), never in eval mode."""
+    torch.set_num_threads(1)
+    grown = train_grow.grow(train_grow.shipped(), copies=3)
+    batch = grown.prepare([train_grow.shapes.scene(3).image], ["what color is the circle ?"])
+    with torch.no_grad():
+        grown.model.eval()
+        full = grown.model(**batch.model_inputs).logits
+        handles = train_grow.layer_drop(grown, train_grow.GrowRecipe(drop_trained=1.0), torch.Generator())
+        assert len(handles) == 3
+        torch.testing.assert_close(grown.model(**batch.model_inputs).logits, full)
+        grown.model.train()
+        dropped = grown.model(**batch.model_inputs).logits
+        for h in handles:
+            h.remove()
+    assert not torch.allclose(dropped, full, atol=1e-3)
+
+
+def test_a_recipe_field_added_later_counts_as_its_default():
+    saved = dataclasses.asdict(train_grow.GrowRecipe())
+    saved.pop("drop_trained")
+    assert train_grow.same_recipe(saved, train_grow.GrowRecipe())
+    assert not train_grow.same_recipe(saved, train_grow.GrowRecipe(drop_trained=0.2))

@@ -10,6 +10,7 @@ scratch folder resumes from the exported weights (fresh optimizer, re-warmed lea
 both files after every piece.
 """
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -31,11 +32,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--note", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a GrowRecipe field changed from this piece on, e.g. drop_trained=0.2")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     kept = Path(a.kept)
     weights = kept / "weights.pt"
-    train_grow.train(a.out, train_grow.GrowRecipe(), device=a.device, minutes=a.minutes, max_steps=a.max_steps,
+    fields = {f.name: f.type for f in dataclasses.fields(train_grow.GrowRecipe)}
+    # the recipe goes on as the last piece left it (its checkpoint's), with this piece's changes
+    last = Path(a.out) / "checkpoint.pt"
+    last = last if last.is_file() else weights
+    changes = {k: v for k, v in torch.load(last, weights_only=False)["recipe"].items() if k in fields} \
+        if last.is_file() else {}
+    for item in a.set:
+        key, value = item.split("=", 1)
+        changes[key] = (float if fields[key] in (float, "float") else int)(value)
+    train_grow.train(a.out, train_grow.GrowRecipe(**changes), device=a.device, minutes=a.minutes, max_steps=a.max_steps,
                      resume_from=weights if weights.is_file() else None, export_to=weights,
                      training_json=kept / "training.json", note=a.note, log=lambda m: print(m, flush=True))
 

@@ -86,6 +86,7 @@ class GrowRecipe:
     trained_lr: float = 2e-4  # the layers, embeddings, projector and head that come trained
     aux_weight: float = 0.5
     caption_p: float = 0.2
+    drop_trained: float = 0.0  # stochastic depth on the trained layers (`layer_drop`); 0 = off
     warmup: int = 30
     seed: int = 0
 
@@ -344,6 +345,42 @@ def tower_loss(clip, head, reference, proc, scenes, recipe: GrowRecipe, seed: in
                   "batch_retrieval": (logits.argmax(-1) == target).float().mean()}
 
 
+def layer_drop(vlm, recipe: GrowRecipe, gen: torch.Generator) -> list:
+    """Stochastic depth on the grown decoder's trained layers: in training mode trained layer l (of L)
+    is skipped (its output replaced by its input) for each sample with probability
+    `recipe.drop_trained` x l / (L - 1), the linear rule of stochastic depth (the first layer, which
+    turns the embeddings into the residual stream, is never skipped); evaluation runs every layer.
+    Returns the hook handles.
+
+    Why: piece 1 (zero-branch copies, fine-tuned 300 steps at 5x the trained layers' learning rate)
+    left the copies nearly passive - each writes 1-5 % of the residual stream where the trained
+    layers write 50-140 %, and their attention stays that of the layer they copy (cosine 0.99) -
+    because the grown model already answers 0.96 and the loss gives the copies nothing to do. With
+    a trained layer sometimes missing, the copies around it must learn to do part of its work, and
+    it must learn to work with them: depth carries function.
+    """
+    layers = vlm.model.model.language_model.layers
+
+    def make(p: float):
+        def hook(module, args, kwargs, output):
+            if not module.training:
+                return output
+            x = args[0] if args else kwargs["hidden_states"]
+            keep = torch.rand(x.shape[0], generator=gen) >= p
+            return torch.where(keep.to(x.device)[:, None, None], output, x.to(output.dtype))
+        return hook
+    last = len(layers) - 1
+    return [layer.register_forward_hook(make(recipe.drop_trained * i / last), with_kwargs=True)
+            for i, layer in enumerate(layers) if not is_copy(i, recipe.copies) and i > 0]
+
+
+def same_recipe(saved: dict, recipe: GrowRecipe) -> bool:
+    """Whether a checkpoint's recipe is `recipe`; a field it lacks counts as that field's default
+    (fields added later default to the behaviour before them)."""
+    defaults = asdict(GrowRecipe())
+    return all(saved.get(k, defaults[k]) == v for k, v in asdict(recipe).items())
+
+
 def tower_done(m: dict, target: float) -> bool:
     """Whether a tower evaluation meets the issue's targets: shape, colour, size probes and retrieval@1."""
     return all(m.get(k, 0) >= target for k in ("probe_shape", "probe_color", "probe_size", "retrieval@1"))
@@ -411,7 +448,7 @@ def append_piece(training_json: str | Path, recipe: GrowRecipe, piece: dict) -> 
     """Append one piece's record to `training_json` ({"recipe", "pieces": [...]}), atomically."""
     path = Path(training_json)
     doc = json.loads(path.read_text()) if path.is_file() else {"recipe": asdict(recipe), "pieces": []}
-    if doc.get("recipe") != asdict(recipe):
+    if not same_recipe(doc.get("recipe", {}), recipe):
         piece = {**piece, "recipe": asdict(recipe)}  # a changed recipe is recorded with the piece it ran
     doc["pieces"].append(piece)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -457,20 +494,20 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
     state = torch.load(source, weights_only=False, map_location=device) if source.is_file() else None
     if state is not None and state.get("kind") != "grow":
         raise VTAError(f"{source} is not a train_grow checkpoint.")
-    if state is not None and state["recipe"] != asdict(recipe):
+    if state is not None and not same_recipe(state["recipe"], recipe):
         changed = {k: (state["recipe"].get(k), v) for k, v in asdict(recipe).items() if state["recipe"].get(k) != v}
         log(f"recipe changed since {source.name}: {changed} (going on from its weights)")
     stage, step = ("tower", 0) if state is None else (state["stage"], state["step"])
     history, spent = ([], 0.0) if state is None else (state["history"], state["minutes"])
     rewarm_from = None if state is None else state.get("rewarm_from")
-    fresh_opt = state is None or state.get("opt") is None or state["recipe"] != asdict(recipe)
+    fresh_opt = state is None or state.get("opt") is None or not same_recipe(state["recipe"], recipe)
     if state is not None:
         clip.load_state_dict({k: v.float() for k, v in state["clip"].items()})
         chead.load_state_dict({k: v.float() for k, v in state["clip_head"].items()})
         if fresh_opt and step > 0:
             rewarm_from = step
             history.append({"stage": stage, "step": step, "event": f"resumed from {source.name}: fresh optimizer"
-                            f"{' (recipe changed)' if state['recipe'] != asdict(recipe) else ''}, learning rate "
+                            f"{'' if same_recipe(state['recipe'], recipe) else ' (recipe changed)'}, learning rate "
                             f"re-warmed over {REWARM} steps"})
         log(f"resumed from {source}: stage {stage}, step {step}, {spent:.1f} min so far")
     reference = copy.deepcopy(small.model.model.vision_tower).to(device).eval().requires_grad_(False)
@@ -479,6 +516,7 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
              "device": f"{device} ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})",
              "precision": "bf16 autocast" if bf16 else "fp32", "steps": {}, "seconds_per_step": {}, "evals": []}
     taken, step_time, last_eval_s = 0, {}, 60.0
+    drop_gen = torch.Generator()  # `layer_drop`'s draws, re-seeded every step (a resumed run draws the same)
 
     def elapsed() -> float:
         return (time.perf_counter() - t_start) / 60
@@ -533,6 +571,8 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
                                                                PROBE_FIT_SEED0 + 2 * 10**6 + 128), device)
                 log(f"position head fitted on the frozen projected tokens: loss {fitted:.3f}")
             vlm.model.train()
+            if recipe.drop_trained > 0:
+                layer_drop(vlm, recipe, drop_gen)
             if step == 0:
                 evaluate()  # the grown model before any step, with the contrastive tower
         opt = _optimizer(stage, recipe, clip, chead, vlm, head)
@@ -560,6 +600,7 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
             else:
                 n = recipe.batch_size
                 seeds = list(range(first + step * n, first + (step + 1) * n))
+                drop_gen.manual_seed(recipe.seed * 7919 + step)
                 b = batch(vlm, seeds, random.Random(recipe.seed * 7919 + step), recipe.caption_p)
                 with autocast:
                     loss, parts = llm_loss(vlm, head, {k: v.to(device) for k, v in b.items()}, recipe.aux_weight)
