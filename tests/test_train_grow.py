@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vtanalysis import train_grow
+from vtanalysis.models.demo import train_grow
 from vtanalysis.models import demo
 
 pytestmark = pytest.mark.skipif(not demo.available(), reason="the shipped demo weights are missing")

@@ -1,4 +1,4 @@
-"""Run one piece of the grown deep demo's recipe (`vtanalysis.train_grow`, issue 42) on one CPU thread.
+"""Run one piece of the grown deep demo's recipe (`vtanalysis.models.demo.train_grow`, issue 42) on one CPU thread.
 
     OMP_NUM_THREADS=1 python training/grow.py --minutes 45
 
@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from vtanalysis import train_grow  # noqa: E402
+from vtanalysis.models.demo import train_grow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

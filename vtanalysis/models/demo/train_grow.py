@@ -53,9 +53,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from .data import shapes
-from .files import atomic_write
-from .models import demo
+from ...data import shapes
+from ..._core.files import atomic_write
+from .. import demo
 from .train_deep import (REWARM, balanced_patch_loss, caption_ids, clip_pairs, export_weights, llm_loss,
                          patch_parts, patch_head)
 from .train_demo import TRAIN_SEED0, batch, lr_at, patch_labels, position_head, quick_eval
@@ -97,7 +97,7 @@ class GrowRecipe:
 # -- starting points ---------------------------------------------------------------------------------
 def shipped():
     """The shipped small demo (`load_vlm("demo")`'s weights), on the CPU in float32."""
-    from .models.vlm import load_vlm
+    from ..loading import load_vlm
 
     return load_vlm(demo.WEIGHTS)
 
@@ -127,7 +127,7 @@ def grow(small, copies: int, noise: float = 0.0, seed: int = 0):
     would move in lockstep (measured: after 3 steps the three copies' output norms were equal to
     the third digit) and stay one layer repeated; the noise breaks that symmetry.
     """
-    from .models.vlm import VLM
+    from ..vlm import VLM
 
     cfg = copy.deepcopy(small.model.config)
     n = cfg.text_config.num_hidden_layers
@@ -231,8 +231,8 @@ def layer_profile(vlm, n: int = 48) -> dict:
     A grown model before fine-tuning has blocky curves (each copy repeats its layer's attention and
     writes nothing); training that makes the layers differ shows as copies that write and attend
     elsewhere."""
-    from .analysis.inflection import change_points
-    from .collect import record_attention
+    from ...analysis.inflection import change_points
+    from ...collect import record_attention
 
     was = vlm.model.training
     vlm.model.eval()
@@ -473,7 +473,7 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
     its start (the instruct stage: the grown model before any step). `eval_sizes`: scene counts of
     the evaluations (`EVAL_SIZES`).
     """
-    from .errors import VTAError
+    from ...errors import VTAError
 
     recipe = recipe or GrowRecipe()
     sizes = {**EVAL_SIZES, **(eval_sizes or {})}
