@@ -8,7 +8,8 @@
 
 Submodules reachable as attributes (imported on first use): `vta.prune` (methods, `run`,
 `select`, `register`), `vta.analysis`, `vta.viz`, `vta.models` (`vta.models.tiny`), `vta.collect`,
-`vta.data`, `vta.evaluate`, `vta.perf`, `vta.integrations` (the lmms-eval plugin, its offline
+`vta.data`, `vta.evaluate`, `vta.experiments` (the figures pipeline), `vta.causal` (ablations:
+what the answer depends on), `vta.perf`, `vta.integrations` (the lmms-eval plugin, its offline
 task and `report`).
 """
 import importlib
@@ -20,9 +21,10 @@ from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
            "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError", "WeightsError",
-           "analysis", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune",
+           "analysis", "causal", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune",
            "viz"]
-_SUBMODULES = {"analysis", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune", "viz"}
+_SUBMODULES = {"analysis", "causal", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf",
+               "prune", "viz"}
 
 
 def __getattr__(name):

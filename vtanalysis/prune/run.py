@@ -170,15 +170,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
         raise VTAError(f"'{method}' changes the image before the processor, and this batch is already processed: "
                        f"prepare the batch from prune.downsampled(vlm, images, keep) and run 'none' on it "
                        f"(`vtanalysis.evaluate` and `vtanalysis eval --method {method}` do this).")
-    if forced_ids is not None:
-        if forced_ids.dim() != 2 or forced_ids.shape[0] != len(batch) or forced_ids.shape[1] < 1:
-            raise VTAError(f"forced_ids must be a LongTensor [batch {len(batch)}, tokens >= 1], got shape "
-                           f"{tuple(forced_ids.shape)}.")
-        max_new_tokens = forced_ids.shape[1]
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
-                       f"got {max_new_tokens!r}.")
-    check_window(vlm, batch.model_inputs["input_ids"].shape[1] + max_new_tokens)
+    max_new_tokens = decoding_length(vlm, batch, max_new_tokens, forced_ids)
     if "cls" in spec.needs:
         require_cls(vlm, method, spec.needs)
     knobs, choose_knobs = spec.split_knobs(knobs)
@@ -193,15 +185,42 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     capture = VisionCapture(vlm) if "cls" in spec.needs else None
     pruner = Pruner(vlm, batch, stages, choose, positions=positions, needs=spec.needs, vision=capture,
                     pre=spec.where == "pre", ordered=spec.ordered, crops=crops)
+
+    def contexts():  # built inside inference mode, entered before the pruner
+        merge = spec.prepare(vlm, batch, stages[0], capture, crops) if spec.prepare and stages else None
+        return [capture, merge]
+    return generate(vlm, batch, pruner, name=method, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                    forced_ids=forced_ids, contexts=contexts, ordered=spec.ordered)
+
+
+def decoding_length(vlm, batch, max_new_tokens: int, forced_ids: torch.Tensor | None) -> int:
+    """The tokens to decode: `forced_ids`' length when given (checked to be [B, T >= 1]), else
+    `max_new_tokens` (checked >= 1); the prompt plus them must fit a sliding window (`check_window`)."""
+    if forced_ids is not None:
+        if forced_ids.dim() != 2 or forced_ids.shape[0] != len(batch) or forced_ids.shape[1] < 1:
+            raise VTAError(f"forced_ids must be a LongTensor [batch {len(batch)}, tokens >= 1], got shape "
+                           f"{tuple(forced_ids.shape)}.")
+        max_new_tokens = forced_ids.shape[1]
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise VTAError(f"max_new_tokens must be an integer >= 1 (the prefill predicts the first token), "
+                       f"got {max_new_tokens!r}.")
+    check_window(vlm, batch.model_inputs["input_ids"].shape[1] + max_new_tokens)
+    return max_new_tokens
+
+
+def generate(vlm, batch, pruner: Pruner, *, name: str, max_new_tokens: int, use_cache: bool = True,
+             forced_ids: torch.Tensor | None = None, contexts=lambda: [], ordered: bool = False) -> RunResult:
+    """Greedy generation of `batch` with `pruner` applying its stages (see `run`; `vtanalysis.causal`
+    builds its own stages and calls this too). `contexts()` returns context managers (or None) entered,
+    inside inference mode, before the pruner: a vision capture, a method's merge, an input edit."""
     inputs = batch.to(vlm.device).model_inputs
     tok = vlm.processor.tokenizer
     timer = _Timer(pruner.lm, set(pruner.layer_device))
     try:
         with ExitStack() as stack, torch.inference_mode():
-            merge = spec.prepare(vlm, batch, stages[0], capture, crops) if spec.prepare and stages else None
-            for ctx in (capture, merge, pruner):
-                if ctx is not None:
-                    stack.enter_context(ctx)
+            entered = [ctx for ctx in contexts() if ctx is not None]
+            for ctx in (*entered, pruner):
+                stack.enter_context(ctx)
             # an answer never contains image placeholders (random test models could emit one)
             out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
                                      return_dict_in_generate=True, output_logits=True,
@@ -212,12 +231,16 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     finally:
         timer.remove()
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    for st in stages:  # VisionZip's [CLS] rode in these columns' slots: they are not kept patches
-        for b, extra in enumerate(getattr(merge, "stand_ins", None) or []):
-            if extra:
-                st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
-    result = _result(vlm, batch, method, stages, new, out.logits[0], timer.times, repeats=spec.ordered)
-    result.kv_cache_bytes = _cache_bytes(out.past_key_values)
+    stages = pruner.stages
+    for ctx in entered:  # VisionZip's [CLS] rode in these columns' slots: they are not kept patches
+        for st in stages:
+            for b, extra in enumerate(getattr(ctx, "stand_ins", None) or []):
+                if extra:
+                    st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
+    result = _result(vlm, batch, name, stages, new, out.logits[0], timer.times, repeats=ordered)
+    # transformers >= 5.25 names the output's cache `cache` (`past_key_values` warns there)
+    field = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
+    result.kv_cache_bytes = _cache_bytes(out.get(field))
     if forced_ids is not None:
         result.step_logits = torch.stack(out.logits, 1).float().cpu()  # ok-host: the result, once, after generation
     return result
