@@ -83,3 +83,13 @@ def test_a_recipe_field_added_later_counts_as_its_default():
     saved.pop("drop_trained")
     assert train_grow.same_recipe(saved, train_grow.GrowRecipe())
     assert not train_grow.same_recipe(saved, train_grow.GrowRecipe(drop_trained=0.2))
+
+
+def test_a_finished_run_extended_goes_on_at_its_last_instruct_step(tmp_path):
+    torch.set_num_threads(1)
+    done = train_grow.train(tmp_path, TINY, eval_sizes=SMALL_EVALS, final_eval=False, log=_quiet)
+    assert done["finished"]
+    longer = dataclasses.replace(TINY, instruct_steps=3)
+    more = train_grow.train(tmp_path, longer, max_steps=0, eval_sizes=SMALL_EVALS, final_eval=False, log=_quiet)
+    assert (more["stage"], more["step"]) == ("instruct", 2)
+    assert train_grow.train(tmp_path, longer, eval_sizes=SMALL_EVALS, final_eval=False, log=_quiet)["finished"]

@@ -469,6 +469,7 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
     `export_to`, and the piece is appended to `training_json`; calling again goes on where it
     stopped. `resume_from`: an exported file, used when `out` has no checkpoint (a new session's
     scratch folder); the optimizer restarts and the learning rate re-warms over `REWARM` steps.
+    A finished run given a recipe with more `instruct_steps` goes on at its last instruct step.
     `eval_every`: {stage: steps} (default tower 50, instruct 100); each stage is also evaluated at
     its start (the instruct stage: the grown model before any step). `eval_sizes`: scene counts of
     the evaluations (`EVAL_SIZES`).
@@ -498,6 +499,9 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
         changed = {k: (state["recipe"].get(k), v) for k, v in asdict(recipe).items() if state["recipe"].get(k) != v}
         log(f"recipe changed since {source.name}: {changed} (going on from its weights)")
     stage, step = ("tower", 0) if state is None else (state["stage"], state["step"])
+    if stage == "done" and recipe.instruct_steps > state["recipe"]["instruct_steps"]:
+        # a finished run extended: the instruct stage goes on from its last step under the longer schedule
+        stage, step = "instruct", state["recipe"]["instruct_steps"]
     history, spent = ([], 0.0) if state is None else (state["history"], state["minutes"])
     rewarm_from = None if state is None else state.get("rewarm_from")
     fresh_opt = state is None or state.get("opt") is None or not same_recipe(state["recipe"], recipe)
