@@ -1,4 +1,4 @@
-"""Issue 42: the grown deep demo (`vtanalysis.train_grow`) starts as the shipped small demo, and its
+"""Issue 42: the grown deep demo (`vtanalysis.models.demo.train_grow`) starts as the shipped small demo, and its
 recipe stops, lands (exported, recorded) and resumes in pieces."""
 import dataclasses
 import json

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from vtanalysis import train_grow  # noqa: E402
+from vtanalysis.models.demo import train_grow  # noqa: E402
 from vtanalysis.files import atomic_write  # noqa: E402
 
 PATH = Path(__file__).resolve().parent / "demo-grow" / "training.json"
