@@ -235,6 +235,19 @@ def llm_loss(vlm, head, b: dict, aux_weight: float) -> tuple[torch.Tensor, dict]
 
 
 # -- the staged, resumable loop ----------------------------------------------------------------------
+
+def optimizer_step(opt, params, loss, parts: dict, running: dict, smoothing: float) -> None:
+    """One AdamW step on `loss` (gradients clipped to norm 1), then the running means of the loss and
+    its `parts` for the log: one host read per optimizer step, outside any forward."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    for k, v in {"loss": loss, **parts}.items():
+        x = float(v.detach())  # ok-host: training log, once per step
+        running[k] = x if k not in running else smoothing * running[k] + (1 - smoothing) * x
+
+
 def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, device: str = "cpu",
           minutes: float | None = None, max_steps: int | None = None, save_every: int = 100, eval_every: int = 500,
           eval_scenes: int = 100,
@@ -331,15 +344,8 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
                     batch(vlm, seeds, random.Random(recipe.seed * 7919 + step), recipe.caption_p)
                 with autocast:
                     loss, parts = llm_loss(vlm, head, {k: v.to(device) for k, v in b.items()}, recipe.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            optimizer_step(opt, params, loss, parts, running, smoothing=0.95)
             step, taken = step + 1, taken + 1
-            # one host read per optimizer step (outside any forward): the running means for the log
-            for k, v in {"loss": loss, **parts}.items():
-                x = float(v.detach())  # ok-host: training log, once per step
-                running[k] = x if k not in running else 0.95 * running[k] + 0.05 * x
             if step % 25 == 0:
                 log(f"{stage} {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in running.items()) +
                     f" {elapsed():.1f} min")

@@ -57,7 +57,7 @@ from ...data import shapes
 from ..._core.files import atomic_write
 from .. import demo
 from .train_deep import (REWARM, balanced_patch_loss, caption_ids, clip_pairs, export_weights, llm_loss,
-                         patch_parts, patch_head)
+                         optimizer_step, patch_head, patch_parts)
 from .train_demo import TRAIN_SEED0, batch, lr_at, patch_labels, position_head, quick_eval
 
 STAGES = ("tower", "instruct")
@@ -608,16 +608,10 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
                 b = batch(vlm, seeds, random.Random(recipe.seed * 7919 + step), recipe.caption_p)
                 with autocast:
                     loss, parts = llm_loss(vlm, head, {k: v.to(device) for k, v in b.items()}, recipe.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            optimizer_step(opt, params, loss, parts, running, smoothing=0.9)
             step, taken = step + 1, taken + 1
             spent_s, count = step_time.get(stage, (0.0, 0))
             step_time[stage] = (spent_s + time.perf_counter() - t0, count + 1)
-            for k, v in {"loss": loss, **parts}.items():
-                x = float(v.detach())  # ok-host: training log, once per step
-                running[k] = x if k not in running else 0.9 * running[k] + 0.1 * x
             if step % 10 == 0:
                 log(f"{stage} {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in running.items()) +
                     f" {elapsed():.1f} min")
