@@ -40,6 +40,7 @@ import transformers
 
 from ...data import shapes
 from ..._core.files import atomic_write
+from ...errors import VTAError
 from .. import demo
 from .train_demo import (CAPTION_PROMPT, TRAIN_SEED0, batch, collate, encode, grid_side, lr_at, patch_labels,
                          patch_loss, position_head, quick_eval)
@@ -236,6 +237,15 @@ def llm_loss(vlm, head, b: dict, aux_weight: float) -> tuple[torch.Tensor, dict]
 
 # -- the staged, resumable loop ----------------------------------------------------------------------
 
+def resume_state(ckpt_path: Path, resume_from, device) -> tuple[Path, dict | None]:
+    """(where training resumes from, its saved state or None): the run's own checkpoint when it has
+    one, else `resume_from` (an `export_weights` file of this recipe), else nothing (a fresh start)."""
+    source = ckpt_path if ckpt_path.is_file() or resume_from is None else Path(resume_from)
+    if source != ckpt_path and not source.is_file():
+        raise VTAError(f"resume_from={source}: no such file (an `export_weights` file of this recipe).")
+    return source, torch.load(source, weights_only=False, map_location=device) if source.is_file() else None
+
+
 def optimizer_step(opt, params, loss, parts: dict, running: dict, smoothing: float) -> None:
     """One AdamW step on `loss` (gradients clipped to norm 1), then the running means of the loss and
     its `parts` for the log: one host read per optimizer step, outside any forward."""
@@ -262,7 +272,6 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
     `resume_from`: a file of `export_weights`, used when `out` has no checkpoint yet: the run goes on
     from its stage and step with a fresh optimizer, its learning rate re-warmed over `REWARM` steps.
     """
-    from ...errors import VTAError
 
     recipe = recipe or Recipe()
     out = Path(out)
@@ -274,10 +283,7 @@ def train(out: str | Path = "runs/demo-deep", recipe: Recipe | None = None, *, d
     clip = transformers.CLIPModel(demo.clip_config(proc)).to(device)
     chead = patch_head(clip).to(device)
     ckpt_path = out / "checkpoint.pt"
-    source = ckpt_path if ckpt_path.is_file() or resume_from is None else Path(resume_from)
-    if source != ckpt_path and not source.is_file():
-        raise VTAError(f"resume_from={source}: no such file (an `export_weights` file of this recipe).")
-    state = torch.load(source, weights_only=False, map_location=device) if source.is_file() else None
+    source, state = resume_state(ckpt_path, resume_from, device)
     if state is not None and state["recipe"] != asdict(recipe):
         raise VTAError(f"{ckpt_path} was written by another recipe ({state['recipe']}); resume with that recipe "
                        "or train into a new folder.")

@@ -57,7 +57,7 @@ from ...data import shapes
 from ..._core.files import atomic_write
 from .. import demo
 from .train_deep import (REWARM, balanced_patch_loss, caption_ids, clip_pairs, export_weights, llm_loss,
-                         optimizer_step, patch_head, patch_parts)
+                         optimizer_step, patch_head, patch_parts, resume_state)
 from .train_demo import TRAIN_SEED0, batch, lr_at, patch_labels, position_head, quick_eval
 
 STAGES = ("tower", "instruct")
@@ -489,10 +489,7 @@ def train(out: str | Path = "runs/demo-grow", recipe: GrowRecipe | None = None, 
     clip = tower_clip(small).to(device)
     chead = patch_head(clip).to(device)
     ckpt = out / "checkpoint.pt"
-    source = ckpt if ckpt.is_file() or resume_from is None else Path(resume_from)
-    if source != ckpt and not source.is_file():
-        raise VTAError(f"resume_from={source}: no such file (an exported file of this recipe).")
-    state = torch.load(source, weights_only=False, map_location=device) if source.is_file() else None
+    source, state = resume_state(ckpt, resume_from, device)
     if state is not None and state.get("kind") != "grow":
         raise VTAError(f"{source} is not a train_grow checkpoint.")
     if state is not None and not same_recipe(state["recipe"], recipe):
