@@ -15,6 +15,11 @@ Ablation semantics (`how`):
            the pruning engine's stage with the complement kept, so it is exactly what a pruning
            method keeping that complement computes, and what arXiv 2512.07580 removes from layer l
            on to find its "information horizon".
+    mask   the tokens stay in the sequence, but from decoder layer `layer` on no other query attends
+           to them (an attention knockout, `causal.knockout`, of the edges tokens -> every token, as
+           arXiv 2411.18620 blocks edges). With original positions this computes what "drop" does
+           (a key nobody attends to and an absent key weigh the same), through the attention mask
+           instead of a shorter sequence: the two agree to float rounding, which tests check.
     zero   their LLM input embeddings are set to zero (input level only).
     mean   their LLM input embeddings are replaced by the mean input embedding of the sample's image
            tokens (LLaVA-NeXT newline tokens excluded from the mean), as arXiv 2410.07149 ablates an
@@ -32,9 +37,10 @@ import torch
 from .._core.scoped import scoped
 from ..errors import VTAError
 from ..prune.engine import Pruner, Stage
+from .edges import Edge, Knockout, check_lengths
 from ..prune.run import decoding_length, generate
 
-HOWS = ("drop", "zero", "mean")
+HOWS = ("drop", "mask", "zero", "mean")
 
 
 @dataclass
@@ -189,42 +195,13 @@ def _input_edit(vlm, batch, columns: list[torch.Tensor], how: str):
     return scoped(lm, "pre", edit)
 
 
-def ablate(vlm, batch, tokens, how: str = "drop", layer: int = 0, *, target: list[str] | None = None,
-           ref: Reference | None = None, answers: bool = False, max_new_tokens: int = 8) -> AblationResult:
-    """Ablate image tokens and measure the change of the explained answer.
-
-    Args:
-        vlm, batch: a `VLM` and its `VLMInputs` (any batch size; left padding).
-        tokens: per sample, the image-token columns to ablate (LongTensor or list; a layout's
-            column space, as `prune.run(...).kept` numbers them); one tensor for a batch of one.
-        how: "drop" (leave the sequence from `layer` on), "zero" or "mean" (input embeddings;
-            `layer` must be 0). See the module docstring for the papers each follows.
-        layer: the first decoder layer without the tokens ("drop"); negative counts from the end.
-        target: one answer string per sample to explain instead of the unablated greedy answer.
-        ref: a `Reference` computed before (`reference(vlm, batch)`), reused across ablations.
-        answers: also generate the ablated model's own greedy answers (one more forward pass).
-        max_new_tokens: length of the greedy answers (the reference's and, with answers=True, the ablated).
-    Returns:
-        `AblationResult` with kl [B], logprob_drop [B], logits [B, vocab] on the CPU.
-    """
-    if how not in HOWS:
-        raise VTAError(f"how={how!r}; use one of {', '.join(map(repr, HOWS))}.")
-    if how != "drop" and layer != 0:
-        raise VTAError(f"how={how!r} replaces input embeddings, before every layer: use layer=0 (or how='drop' to "
-                       f"remove the tokens from layer {layer} on).")
-    layer = vlm.check_layer(layer, "ablation layer")
-    columns = _columns(batch, tokens)
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    if how == "drop":
-        stages, choose = _drop_stage(vlm, batch, columns, layer)
-        contexts = lambda: []  # noqa: E731
-    else:
-        stages, choose = [], None
-        contexts = lambda: [_input_edit(vlm, batch, columns, how)]  # noqa: E731
-
+def measure(vlm, batch, ref: Reference, *, name: str, stages=(), choose=None, pre: bool = False,
+            contexts=lambda: [], answers: bool = False, max_new_tokens: int = 8) -> AblationResult:
+    """Run the batch with an ablation (engine `stages` keeping what `choose` picks, and/or `contexts()`
+    attaching an edit) under teacher forcing of `ref`'s answer, and measure the change against `ref`."""
     def run(forced_ids=None):
-        pruner = Pruner(vlm, batch, stages, choose, positions="original", pre=bool(stages) and layer == 0)
-        return generate(vlm, batch, pruner, name=f"ablate-{how}", forced_ids=forced_ids, contexts=contexts,
+        pruner = Pruner(vlm, batch, list(stages), choose, positions="original", pre=pre)
+        return generate(vlm, batch, pruner, name=name, forced_ids=forced_ids, contexts=contexts,
                         max_new_tokens=decoding_length(vlm, batch, max_new_tokens, forced_ids))
 
     forced = run(ref.ids)
@@ -234,3 +211,42 @@ def ablate(vlm, batch, tokens, how: str = "drop", layer: int = 0, *, target: lis
     drop = ref.logprob - _sequence_logprob(forced.step_logits, ref.ids, ref.mask)
     own = run().answers if answers else None
     return AblationResult(kl=kl, logprob_drop=drop, logits=logits, reference=ref, answers=own)
+
+
+def ablate(vlm, batch, tokens, how: str = "drop", layer: int = 0, *, target: list[str] | None = None,
+           ref: Reference | None = None, answers: bool = False, max_new_tokens: int = 8) -> AblationResult:
+    """Ablate image tokens and measure the change of the explained answer.
+
+    Args:
+        vlm, batch: a `VLM` and its `VLMInputs` (any batch size; left padding).
+        tokens: per sample, the image-token columns to ablate (LongTensor or list; a layout's
+            column space, as `prune.run(...).kept` numbers them); one tensor for a batch of one.
+        how: "drop" (leave the sequence from `layer` on), "mask" (stay, but unseen from `layer`
+            on), "zero" or "mean" (input embeddings; `layer` must be 0). See the module docstring
+            for the papers each follows.
+        layer: the first decoder layer without the tokens ("drop", "mask"); negative counts from the end.
+        target: one answer string per sample to explain instead of the unablated greedy answer.
+        ref: a `Reference` computed before (`reference(vlm, batch)`), reused across ablations.
+        answers: also generate the ablated model's own greedy answers (one more forward pass).
+        max_new_tokens: length of the greedy answers (the reference's and, with answers=True, the ablated).
+    Returns:
+        `AblationResult` with kl [B], logprob_drop [B], logits [B, vocab] on the CPU.
+    """
+    if how not in HOWS:
+        raise VTAError(f"how={how!r}; use one of {', '.join(map(repr, HOWS))}.")
+    if how in ("zero", "mean") and layer != 0:
+        raise VTAError(f"how={how!r} replaces input embeddings, before every layer: use layer=0 (or how='drop' to "
+                       f"remove the tokens from layer {layer} on).")
+    layer = vlm.check_layer(layer, "ablation layer")
+    columns = _columns(batch, tokens)
+    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
+    common = dict(name=f"ablate-{how}", answers=answers, max_new_tokens=max_new_tokens)
+    if how == "drop":
+        stages, choose = _drop_stage(vlm, batch, columns, layer)
+        return measure(vlm, batch, ref, stages=stages, choose=choose, pre=bool(stages) and layer == 0, **common)
+    if how == "mask":
+        check_lengths(vlm, batch, ref.ids)
+        knocked = range(layer, vlm.num_layers) if any(len(c) for c in columns) else []
+        return measure(vlm, batch, ref, contexts=lambda: [Knockout(vlm, batch, [Edge(columns, "all")], knocked)],
+                       **common)
+    return measure(vlm, batch, ref, contexts=lambda: [_input_edit(vlm, batch, columns, how)], **common)

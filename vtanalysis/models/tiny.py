@@ -235,8 +235,22 @@ def build(family: str, seed: int = 0, *, num_layers: int = 3, device="cpu", attn
     torch.manual_seed(seed)
     model_cls = getattr(transformers, adapter_for(config).model_class)
     model = model_cls(config)
+    draw_zero_matrices(model)
     model.set_attn_implementation(attn_implementation)
     return VLM(model.to(device), processor, name=f"tiny-{family}")
+
+
+@torch.no_grad()
+def draw_zero_matrices(model) -> None:
+    """Draw, like the model's other weights (normal, std = the text config's initializer_range),
+    every weight matrix that transformers initialises to all zeros: Gemma 3's projector
+    (`mm_input_projection_weight`) starts at zero, so a random-weight Gemma 3 would give every image
+    the same (zero) features and no test could see the image reach the text."""
+    config = getattr(model.config, "text_config", model.config)
+    std = getattr(config, "initializer_range", 0.02)
+    for param in model.parameters():
+        if param.dim() == 2 and not param.any():
+            param.normal_(0.0, std)
 
 
 def scale_down_config(config: dict, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
@@ -317,6 +331,7 @@ def from_real_files(folder, *, seed: int = 0, device="cpu", dtype=torch.float32,
     try:
         with torch.device(device):
             model = getattr(transformers, adapter.model_class)(config)
+        draw_zero_matrices(model)
     finally:
         torch.set_default_dtype(previous)
     model.set_attn_implementation(attn_implementation)
