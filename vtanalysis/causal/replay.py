@@ -1,0 +1,150 @@
+"""Replay the decoder layers from layer l for many ablated copies of one sample at once.
+
+`importance` and `oracle` measure the effect of many candidate ablations of the same sample. Each
+candidate differs from the unablated pass only from layer l on (its tokens' keys are masked there)
+or only in the input embeddings (layer 0, "zero"/"mean"), so one unablated teacher-forced pass is
+recorded (`record`), and each candidate replays layers l .. L-1 on a copy of the recorded states
+entering layer l, with the arguments the model gave those layers (attention mask, rotary tables)
+and its own mask edit (`edges.without`). Layers < l run once per sample, not once per candidate.
+
+The recorded pass is the last step of a teacher-forced, cache-less generation of the explained
+answer: the prompt followed by the answer's tokens but its last, in one forward, so the logits at
+prompt positions P-1 .. P+T-2 score answer tokens 0 .. T-1 (exactly what decoding with the KV
+cache scores). Whatever the language model adds between two layers (Qwen3-VL's DeepStack features
+at the image positions) is recorded as the difference between one layer's output and the next
+one's input, and added back in the replay: it does not depend on the ablation.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from .._core.scoped import scoped
+from ..prune.engine import Pruner
+from ..prune.run import decoding_length, generate
+from .edges import without
+
+
+@dataclass
+class Recorded:
+    """One sample's unablated teacher-forced pass, from decoder layer `layer` on.
+
+    Attributes:
+        layer: the first replayed layer.
+        hidden: [1, Q, D] the states entering `layer` (Q = prompt length + answer length - 1).
+        kwargs: per replayed layer, the keyword arguments the model passed it (this sample's rows).
+        added: per replayed layer, [1, Q, D] what the model adds after it before the next layer, or None.
+        prompt_len: P, the (padded) prompt length: logits at P-1+t score answer token t.
+        image_positions: [n] sequence positions of the sample's image tokens (column order).
+    """
+    layer: int
+    hidden: torch.Tensor
+    kwargs: list[dict]
+    added: list[torch.Tensor | None]
+    prompt_len: int
+    image_positions: torch.Tensor
+
+
+def _row(value, b: int, batch_size: int):
+    """Sample b's part of a layer argument (batch dimension first; broadcast tensors as they are)."""
+    if torch.is_tensor(value):
+        return value[b:b + 1] if value.dim() and value.shape[0] == batch_size and batch_size > 1 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_row(v, b, batch_size) for v in value)
+    if isinstance(value, dict):
+        return {k: _row(v, b, batch_size) for k, v in value.items()}
+    return value
+
+
+def record(vlm, batch, ref, layer: int) -> list[Recorded]:
+    """Per sample, the unablated teacher-forced pass of `ref`'s answer from decoder `layer` on."""
+    layers = vlm.decoder_layers
+    seen_in, seen_kwargs, seen_out = {}, {}, {}
+
+    def before(l):
+        def hook(module, args, kwargs):
+            seen_in[l] = args[0] if args else kwargs["hidden_states"]
+            seen_kwargs[l] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        return hook
+
+    def after(l):
+        def around(forward, *args, **kwargs):
+            out = forward(*args, **kwargs)
+            seen_out[l] = out
+            return out
+        return around
+
+    class Recording:
+        def __enter__(self):
+            self.stack = ExitStack()
+            for l in range(layer, len(layers)):
+                self.stack.enter_context(scoped(layers[l], "pre", before(l)))
+                self.stack.enter_context(scoped(layers[l], "around", after(l)))
+            return self
+
+        def __exit__(self, *exc):
+            self.stack.close()
+            return False
+
+    # a cache-less step re-runs the whole sequence: the last one is prompt + answer[:-1] in one pass
+    generate(vlm, batch, Pruner(vlm, batch, [], None), name="record", forced_ids=ref.ids, use_cache=False,
+             contexts=lambda: [Recording()], max_new_tokens=decoding_length(vlm, batch, 8, ref.ids))
+    size, prompt_len = len(batch), batch.model_inputs["input_ids"].shape[1]
+    out = []
+    for b, lay in enumerate(batch.layouts):
+        added = []
+        for l in range(layer, len(layers)):
+            nxt = seen_in.get(l + 1)
+            delta = None if nxt is None or nxt is seen_out[l] else (nxt[b:b + 1] - seen_out[l][b:b + 1])
+            added.append(delta if delta is not None and delta.any() else None)
+        out.append(Recorded(layer, seen_in[layer][b:b + 1], [_row(seen_kwargs[l], b, size) for l in range(layer, len(layers))],
+                            added, prompt_len, lay.image_positions.to(vlm.device)))
+    return out
+
+
+def _logits(vlm, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's next-token logits from the last decoder layer's output: final norm, head, and the
+    final soft-capping where the family has one (Gemma)."""
+    lm = vlm.adapter.language_model(vlm.model)
+    logits = vlm.model.get_output_embeddings()(lm.norm(hidden)).float()
+    cap = getattr(vlm.config.text_config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: torch.Tensor,
+           ids: torch.Tensor, mask: torch.Tensor, image_mean: torch.Tensor | None = None, mask_from: int | None = None):
+    """Effects of ablating, per candidate c, the image tokens `ablated[c]` ([C, n] bool, column space).
+
+    how "mask"/"drop": their keys are masked for every other query in the replayed layers (from
+    rec.layer on); "zero"/"mean" (rec.layer == 0): their states entering layer 0 become zeros or
+    `image_mean` [D]. `mask_from` (default rec.layer): the first layer whose mask is edited (a
+    replay from an earlier layer recomputes what the recorded states hold: tests compare). Returns (kl [C], answer log-probability [C]) on the model's device:
+    kl = KL(ref || ablated) at the last prompt position, log p = sum_t mask[t] log p(ids[t]).
+    """
+    c = ablated.shape[0]
+    hidden = rec.hidden.expand(c, -1, -1)
+    q = hidden.shape[1]
+    at = torch.zeros(c, q, dtype=torch.bool, device=hidden.device)
+    at[:, rec.image_positions] = ablated.to(hidden.device)
+    blocked = None
+    if how in ("zero", "mean"):
+        value = torch.zeros_like(hidden[0, 0]) if how == "zero" else image_mean.to(hidden.dtype)
+        hidden = torch.where(at[:, :, None], value, hidden)
+    else:
+        diagonal = torch.eye(q, dtype=torch.bool, device=hidden.device)
+        blocked = at[:, None, :] & ~diagonal
+    first = rec.layer if mask_from is None else mask_from
+    for l, kwargs, added in zip(range(rec.layer, vlm.num_layers), rec.kwargs, rec.added):
+        layer = vlm.decoder_layers[l]
+        if blocked is not None and l >= first:
+            kwargs = {**kwargs, "attention_mask": without(kwargs.get("attention_mask"), blocked, hidden.dtype)}
+        hidden = layer(hidden, **kwargs)
+        if added is not None:
+            hidden = hidden + added
+    steps = q - rec.prompt_len + 1
+    log_p = torch.log_softmax(_logits(vlm, hidden[:, rec.prompt_len - 1:]), -1)  # [C, steps, V]
+    kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
+    taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
+    return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
