@@ -4,11 +4,18 @@
 change of the explained answer (KL of the next-token distribution, drop of the answer's
 log-probability); `knockout(vlm, batch, edges, layers)` blocks attention edges between token sets
 in chosen layers; `importance(vlm, batch)` is the effect of ablating each
-image token (or block) alone, candidates batched; `reference(vlm, batch)` is the unablated answer they explain.
+image token (or block) alone, candidates batched; `oracle(vlm, batch, keep)` the kept set found by
+search on the effect; `horizon(vlm, batch, method, keep)` the layer from which a method's selection
+is no better than random; `agreement(vlm, batch, method, keep)` how much of the oracle it recovers;
+`reference(vlm, batch)` is the unablated answer they explain.
 """
 from .ablation import HOWS, AblationResult, Reference, ablate, reference
+from .agreement import AgreementResult, agreement
 from .edges import EDGES, SETS, Edge
+from .horizon import HorizonResult, horizon
 from .importance import importance
 from .knockout import knockout
+from .oracle import oracle
 
-__all__ = ["EDGES", "HOWS", "SETS", "AblationResult", "Edge", "Reference", "ablate", "importance", "knockout", "reference"]
+__all__ = ["EDGES", "HOWS", "SETS", "AblationResult", "AgreementResult", "Edge", "HorizonResult", "Reference", "ablate",
+           "agreement", "horizon", "importance", "knockout", "oracle", "reference"]

@@ -61,7 +61,7 @@ def image_mean(rec, lay) -> torch.Tensor:
     """[D] the mean LLM input embedding of the sample's image tokens, newline tokens excluded (`ablate`'s "mean")."""
     patches = torch.ones(lay.n_image_tokens, dtype=torch.bool)
     patches[list(lay.newline_columns)] = False
-    return rec.hidden[0, rec.image_positions[patches.to(rec.image_positions.device)]].mean(0)
+    return rec.inputs[0][0, rec.image_positions[patches.to(rec.image_positions.device)]].mean(0)
 
 
 def importance(vlm, batch, how: str = "drop", layer: int = 0, block: int = 1, measure: str = "kl", *,
@@ -105,7 +105,7 @@ def importance(vlm, batch, how: str = "drop", layer: int = 0, block: int = 1, me
         for b in samples:
             rec, lay = recorded[b], batch.layouts[b]
             sets = candidates(lay, block).to(vlm.device)
-            size = chunk or default_chunk(vlm, rec.hidden.shape[1], memory_mb)
+            size = chunk or default_chunk(vlm, rec.inputs[0].shape[1], memory_mb)
             mean = image_mean(rec, lay) if how == "mean" else None
             effects = []
             for start in range(0, len(sets), size):

@@ -32,15 +32,16 @@ class Recorded:
     """One sample's unablated teacher-forced pass, from decoder layer `layer` on.
 
     Attributes:
-        layer: the first replayed layer.
-        hidden: [1, Q, D] the states entering `layer` (Q = prompt length + answer length - 1).
+        layer: the first recorded layer.
+        inputs: per recorded layer, [1, Q, D] the states entering it (Q = prompt length + answer
+            length - 1); a replay may start at any of them.
         kwargs: per replayed layer, the keyword arguments the model passed it (this sample's rows).
         added: per replayed layer, [1, Q, D] what the model adds after it before the next layer, or None.
         prompt_len: P, the (padded) prompt length: logits at P-1+t score answer token t.
         image_positions: [n] sequence positions of the sample's image tokens (column order).
     """
     layer: int
-    hidden: torch.Tensor
+    inputs: list[torch.Tensor]
     kwargs: list[dict]
     added: list[torch.Tensor | None]
     prompt_len: int
@@ -99,7 +100,7 @@ def record(vlm, batch, ref, layer: int) -> list[Recorded]:
             nxt = seen_in.get(l + 1)
             delta = None if nxt is None or nxt is seen_out[l] else (nxt[b:b + 1] - seen_out[l][b:b + 1])
             added.append(delta if delta is not None and delta.any() else None)
-        out.append(Recorded(layer, seen_in[layer][b:b + 1], [_row(seen_kwargs[l], b, size) for l in range(layer, len(layers))],
+        out.append(Recorded(layer, [seen_in[l][b:b + 1] for l in range(layer, len(layers))], [_row(seen_kwargs[l], b, size) for l in range(layer, len(layers))],
                             added, prompt_len, lay.image_positions.to(vlm.device)))
     return out
 
@@ -114,17 +115,20 @@ def _logits(vlm, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: torch.Tensor,
-           ids: torch.Tensor, mask: torch.Tensor, image_mean: torch.Tensor | None = None, mask_from: int | None = None):
+           ids: torch.Tensor, mask: torch.Tensor, image_mean: torch.Tensor | None = None, *,
+           start: int | None = None, mask_from: int | None = None):
     """Effects of ablating, per candidate c, the image tokens `ablated[c]` ([C, n] bool, column space).
 
-    how "mask"/"drop": their keys are masked for every other query in the replayed layers (from
-    rec.layer on); "zero"/"mean" (rec.layer == 0): their states entering layer 0 become zeros or
-    `image_mean` [D]. `mask_from` (default rec.layer): the first layer whose mask is edited (a
-    replay from an earlier layer recomputes what the recorded states hold: tests compare). Returns (kl [C], answer log-probability [C]) on the model's device:
+    The replay runs layers `start` (default rec.layer) .. L-1 from the recorded states entering
+    `start`. how "mask"/"drop": the candidates' keys are masked for every other query in layers
+    `mask_from` (default `start`) .. L-1; "zero"/"mean" (start == 0): their states entering layer 0
+    become zeros or `image_mean` [D]. (A replay masking from a later layer than it starts
+    recomputes what the recorded states hold: tests compare the two.) Returns (kl [C], answer log-probability [C]) on the model's device:
     kl = KL(ref || ablated) at the last prompt position, log p = sum_t mask[t] log p(ids[t]).
     """
+    start = rec.layer if start is None else start
     c = ablated.shape[0]
-    hidden = rec.hidden.expand(c, -1, -1)
+    hidden = rec.inputs[start - rec.layer].expand(c, -1, -1)
     q = hidden.shape[1]
     at = torch.zeros(c, q, dtype=torch.bool, device=hidden.device)
     at[:, rec.image_positions] = ablated.to(hidden.device)
@@ -135,8 +139,9 @@ def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: t
     else:
         diagonal = torch.eye(q, dtype=torch.bool, device=hidden.device)
         blocked = at[:, None, :] & ~diagonal
-    first = rec.layer if mask_from is None else mask_from
-    for l, kwargs, added in zip(range(rec.layer, vlm.num_layers), rec.kwargs, rec.added):
+    first = start if mask_from is None else mask_from
+    skip = start - rec.layer
+    for l, kwargs, added in zip(range(start, vlm.num_layers), rec.kwargs[skip:], rec.added[skip:]):
         layer = vlm.decoder_layers[l]
         if blocked is not None and l >= first:
             kwargs = {**kwargs, "attention_mask": without(kwargs.get("attention_mask"), blocked, hidden.dtype)}

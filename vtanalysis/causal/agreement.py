@@ -1,0 +1,134 @@
+"""`agreement`: how much of the causal oracle a method's selection recovers (arXiv 2502.11501 asks
+pruning papers to beat random and to show what they keep; this scores it on the causal effect).
+
+For a registered method at a budget, per sample (effects of keeping only a set, the rest dropped
+from `layer` on; `ablate` defines them):
+
+    share     (E_random - E_method) / (E_random - E_oracle): 1 = as good as the oracle, 0 = random
+    recall    |method ∩ oracle| / |oracle|
+    spearman  rank correlation between the method's token order and `importance` (token order: the
+              smallest of the budgets 1/8, 2/8, .., 8/8 of the image at which the method keeps it;
+              most valued first; average ranks for ties)
+    deletion  effects of dropping the method's selection at those budgets (most valued first):
+              a good order makes this rise fast; `deletion_area` is its mean over the budgets
+    insertion effects of keeping only the selection at those budgets: a good order makes this fall
+              fast; `insertion_area` is its mean
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import VTAError
+from ..prune.budget import keep_count
+from .ablation import Reference, reference
+from .edges import check_lengths
+from .importance import importance as token_importance
+from .oracle import effects, search
+from .replay import record
+from .selections import ablated_rows, method_columns, random_columns
+
+BUDGETS = tuple(i / 8 for i in range(1, 9))
+
+
+@dataclass
+class AgreementResult:
+    """Per sample [B] tensors (CPU) comparing a method's selection with the oracle's and random ones.
+
+    Attributes:
+        method, keep, layer, measure: what was measured.
+        effect, random, oracle: effects of keeping only the method's / random (seed mean) / oracle set.
+        share: share of the oracle recovered (see the module); NaN where the oracle is no better than random.
+        recall: share of the oracle's tokens the method keeps.
+        spearman: rank correlation of the method's token order with `importance`.
+        deletion, insertion: [B, len(budgets)] effects along the method's order.
+        deletion_area, insertion_area: their means over the budgets.
+        budgets: the budget fractions of the curves.
+    """
+    method: str
+    keep: float | int
+    layer: int
+    measure: str
+    effect: torch.Tensor
+    random: torch.Tensor
+    oracle: torch.Tensor
+    share: torch.Tensor
+    recall: torch.Tensor
+    spearman: torch.Tensor
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+    deletion_area: torch.Tensor
+    insertion_area: torch.Tensor
+    budgets: tuple
+
+
+def ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1 = smallest) of a 1-D tensor, ties sharing their mean rank."""
+    order = values.argsort()
+    ranked = torch.empty_like(values, dtype=torch.float)
+    ranked[order] = torch.arange(1, len(values) + 1, dtype=torch.float)
+    for value in values.unique():
+        same = values == value
+        ranked[same] = ranked[same].mean()
+    return ranked
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation of two 1-D tensors (NaN when either is constant)."""
+    ra, rb = ranks(a.float()), ranks(b.float())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return (ra * rb).sum() / (ra.norm() * rb.norm())
+
+
+def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, seeds: int = 5, measure: str = "kl",
+              target: list[str] | None = None, ref: Reference | None = None, chunk: int | None = None,
+              memory_mb: float = 1024, max_new_tokens: int = 8, **knobs) -> AgreementResult:
+    """Score `method`'s selection at `keep` against the causal oracle, random selections and `importance`.
+
+    Args:
+        vlm, batch: a `VLM` and its `VLMInputs`.
+        method, keep, **knobs: a registered method and its budget, as in `prune.run`.
+        layer: the layer from which the tokens not kept are dropped (0: never enter the LLM).
+        seeds: random selections per sample.
+        measure: "kl" or "logprob_drop".
+        target, ref, chunk, memory_mb, max_new_tokens: as in `importance`.
+    Returns:
+        `AgreementResult`.
+    """
+    if len(batch) == 0:
+        raise VTAError("the batch is empty: prepare at least one sample.")
+    layer = vlm.check_layer(layer, "ablation layer")
+    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
+    check_lengths(vlm, batch, ref.ids)
+    mine = method_columns(vlm, batch, method, keep, **knobs)
+    along = [method_columns(vlm, batch, method, fraction, **knobs) for fraction in BUDGETS]
+    scores = token_importance(vlm, batch, "drop", layer, measure=measure, ref=ref, chunk=chunk, memory_mb=memory_mb)
+    size = len(batch)
+    effect, rand, best, recall, rho = (torch.zeros(size) for _ in range(5))
+    deletion, insertion = torch.zeros(size, len(BUDGETS)), torch.zeros(size, len(BUDGETS))
+    with torch.inference_mode():
+        recorded = record(vlm, batch, ref, layer)
+        for b, lay in enumerate(batch.layouts):
+            n, rec = lay.n_image_tokens, recorded[b]
+            k = len(mine[b])
+            found = search(vlm, rec, lay, k, "drop", ref, b, start=layer, measure=measure, chunk=chunk,
+                           memory_mb=memory_mb).cpu()  # ok-host: once per sample
+            kept = [mine[b], found] + [random_columns(n, k, seed=1000 * b + s) for s in range(seeds)]
+            kept += [along[j][b] for j in range(len(BUDGETS))]  # insertion: keep only these
+            ablated = ablated_rows(kept, n)
+            ablated = torch.cat([ablated, ~ablated_rows([along[j][b] for j in range(len(BUDGETS))], n)])  # deletion
+            out = effects(vlm, rec, ablated.to(vlm.device), "drop", ref, b, start=layer, measure=measure,
+                          chunk=chunk, memory_mb=memory_mb).cpu()  # ok-host: once per sample
+            effect[b], best[b], rand[b] = out[0], out[1], out[2:2 + seeds].mean()
+            insertion[b] = out[2 + seeds:2 + seeds + len(BUDGETS)]
+            deletion[b] = out[2 + seeds + len(BUDGETS):]
+            recall[b] = torch.isin(found, mine[b]).float().mean()
+            first_kept = torch.full((n,), float(len(BUDGETS)))
+            for j in reversed(range(len(BUDGETS))):
+                first_kept[along[j][b]] = float(j)
+            rho[b] = spearman(-first_kept, scores[b, :n])
+    gap = rand - best
+    share = torch.where(gap > 0, (rand - effect) / gap, torch.full_like(gap, float("nan")))
+    return AgreementResult(method, keep, layer, measure, effect, rand, best, share, recall, rho, deletion, insertion,
+                           deletion.mean(1), insertion.mean(1), BUDGETS)

@@ -1,0 +1,94 @@
+"""`oracle`: the kept set of a given size found by search on the causal effect itself.
+
+Greedy forward selection (the kept set grows from empty): each round scores every image token t
+by the effect of keeping only kept ∪ {t} (the rest ablated from `layer` on) and adds the `step`
+tokens whose addition leaves the smallest effect, until `keep` tokens are kept. No proxy can beat
+it by much on its own objective; it is the reference `agreement` and `horizon` measure methods
+against. Each round is one batch of n replayed copies (`replay`), chunked to a memory budget;
+`step` defaults to ceil(keep / 16), so at most 16 rounds.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import VTAError
+from ..prune.budget import keep_count
+from .ablation import Reference, reference
+from .edges import check_lengths
+from .importance import default_chunk, image_mean
+from .replay import Recorded, record, replay
+
+SEARCH_HOWS = ("drop", "mask", "zero", "mean")
+
+
+def effects(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref: Reference, b: int, *, start: int,
+            measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024, mean=None) -> torch.Tensor:
+    """[C] the effect of ablating each row of `ablated` ([C, n] bool) for sample b, replayed from `start`."""
+    size = chunk or default_chunk(vlm, rec.inputs[0].shape[1], memory_mb)
+    out = []
+    for first in range(0, ablated.shape[0], size):
+        kl, logprob = replay(vlm, rec, ablated[first:first + size], how, ref.log_probs[b].to(vlm.device),
+                             ref.ids[b], ref.mask[b], mean, start=start)
+        out.append(kl if measure == "kl" else ref.logprob[b].to(logprob.device) - logprob)
+    return torch.cat(out).float()
+
+
+def search(vlm, rec: Recorded, lay, k: int, how: str, ref: Reference, b: int, *, start: int, step: int | None = None,
+           measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024) -> torch.Tensor:
+    """[k] LongTensor (on the model's device, ascending): sample b's oracle kept columns at `start`."""
+    n = lay.n_image_tokens
+    step = step or max(1, math.ceil(k / 16))
+    mean = image_mean(rec, lay) if how == "mean" else None
+    kept = torch.zeros(n, dtype=torch.bool, device=vlm.device)
+    eye = torch.eye(n, dtype=torch.bool, device=vlm.device)
+    count = 0  # host count: each round adds a known number, no read-back
+    while count < k:
+        trial = kept[None, :] | eye  # row t: the kept set with t added
+        effect = effects(vlm, rec, ~trial, how, ref, b, start=start, measure=measure, chunk=chunk,
+                         memory_mb=memory_mb, mean=mean)
+        effect = effect.masked_fill(kept, float("inf"))
+        add = min(step, k - count)
+        kept[torch.topk(effect, add, largest=False).indices] = True
+        count += add
+    return kept.float().topk(k).indices.sort().values  # k is known: no data-dependent size
+
+
+def oracle(vlm, batch, keep: float | int, layer: int = 0, how: str = "drop", measure: str = "kl", *,
+           step: int | None = None, target: list[str] | None = None, ref: Reference | None = None,
+           chunk: int | None = None, memory_mb: float = 1024, max_new_tokens: int = 8,
+           progress: bool = False) -> list[torch.Tensor]:
+    """The kept set of `keep` image tokens that leaves the smallest effect, by greedy forward selection.
+
+    Args:
+        vlm, batch: a `VLM` and its `VLMInputs`.
+        keep: tokens to keep per sample: a fraction in (0, 1] of each sample's image tokens or a count.
+        layer, how, measure: the ablation of the tokens not kept and the effect minimised (as `importance`).
+        step: tokens added per round (default ceil(k / 16)); 1 is the exact greedy search.
+        target, ref, chunk, memory_mb, max_new_tokens: as in `importance`.
+    Returns:
+        per sample, LongTensor [k] of kept image-token columns (ascending), on the CPU.
+    """
+    if how not in SEARCH_HOWS:
+        raise VTAError(f"how={how!r}; use one of {', '.join(map(repr, SEARCH_HOWS))}.")
+    if how in ("zero", "mean") and layer != 0:
+        raise VTAError(f"how={how!r} replaces input embeddings, before every layer: use layer=0.")
+    if len(batch) == 0:
+        raise VTAError("the batch is empty: prepare at least one sample.")
+    layer = vlm.check_layer(layer, "ablation layer")
+    counts = [keep_count(keep, lay.n_image_tokens) for lay in batch.layouts]
+    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
+    check_lengths(vlm, batch, ref.ids)
+    out = []
+    with torch.inference_mode():
+        recorded = record(vlm, batch, ref, layer)
+        samples = range(len(batch))
+        if progress:
+            from tqdm.auto import tqdm
+            samples = tqdm(samples, desc=f"oracle (keep {keep}, layer {layer})", unit="sample")
+        for b in samples:
+            kept = search(vlm, recorded[b], batch.layouts[b], counts[b], how, ref, b, start=layer, step=step,
+                          measure=measure, chunk=chunk, memory_mb=memory_mb)
+            out.append(kept.cpu())  # ok-host: the result, once per sample
+    return out
