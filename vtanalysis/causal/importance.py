@@ -10,7 +10,10 @@ prompt position or the drop of the answer's log-probability (`ablate` defines bo
 How it runs: per sample, one unablated teacher-forced pass is recorded from decoder layer `layer`
 on (`replay.record`); candidates then replay layers `layer` .. L-1 as a batch of ablated copies,
 `chunk` copies per forward (sized to a memory budget), so layers < `layer` run once per sample and
-the cost scales with the layers that differ. "drop" and "mask" are computed the same way (keys
+the cost scales with the layers that differ. Candidates are sorted by where they sit in the
+sequence and each chunk replays only the positions from its first candidate on (the earlier ones
+are unchanged under causal attention; their keys and values come from the recorded pass), so the
+cost also follows the part of the sequence that differs. "drop" and "mask" are computed the same way (keys
 masked from `layer` on): with original positions they are the same ablation (`tests/test_knockout.py`
 checks the engine's drop against the mask). Nothing crosses to the host per candidate.
 """
@@ -26,26 +29,38 @@ from .replay import record, replay
 MEASURES = ("kl", "logprob_drop")
 
 
-def candidates(lay, block: int) -> torch.Tensor:
-    """[n_candidates, n_image] bool: which image-token columns each candidate ablates (host, from the layout)."""
+def candidate_columns(lay, block: int) -> list[list[int]]:
+    """Per candidate, the image-token columns it ablates (host lists, from the layout)."""
     n = lay.n_image_tokens
     if block == 1:
-        return torch.eye(n, dtype=torch.bool)
-    rows, covered = [], set()
+        return [[t] for t in range(n)]
+    out, covered = [], set()
     for grid in lay.grids:
         h, w = grid.shape
-        cols = torch.arange(grid.start, grid.stop).view(h, w)
         for top in range(0, h, block):
             for left in range(0, w, block):
-                row = torch.zeros(n, dtype=torch.bool)
-                row[cols[top:top + block, left:left + block].flatten()] = True
-                rows.append(row)
+                out.append([grid.start + r * w + c for r in range(top, min(top + block, h))
+                            for c in range(left, min(left + block, w))])
         covered.update(range(grid.start, grid.stop))
-    for col in sorted(set(range(n)) - covered):  # tokens in no grid (LLaVA-NeXT newlines): alone
-        row = torch.zeros(n, dtype=torch.bool)
-        row[col] = True
-        rows.append(row)
-    return torch.stack(rows)
+    return out + [[col] for col in range(n) if col not in covered]  # no grid (LLaVA-NeXT newlines): alone
+
+
+def candidates(lay, block: int) -> torch.Tensor:
+    """[n_candidates, n_image] bool: which image-token columns each candidate ablates (built on the host
+    from one flat index, before any run)."""
+    n, cols = lay.n_image_tokens, candidate_columns(lay, block)
+    rows = torch.zeros(len(cols) * n, dtype=torch.bool)
+    rows[torch.tensor([i * n + c for i, row in enumerate(cols) for c in row], dtype=torch.long)] = True
+    return rows.view(len(cols), n)
+
+
+def untouched_prefix(vlm, batch, b: int, columns: list[list[int]], positions: list[int]) -> list[int]:
+    """Per candidate, how many leading positions it leaves unchanged in every layer: up to its first
+    ablated token (causal attention), or up to the sample's first image token where images are
+    attended both ways (Gemma 3: a token sees later tokens of its image)."""
+    if vlm.adapter.attention_blocks(batch.model_inputs) is not None:
+        return [min(positions)] * len(columns)
+    return [min(positions[c] for c in cols) for cols in columns]
 
 
 def default_chunk(vlm, length: int, memory_mb: float) -> int:
@@ -104,13 +119,18 @@ def importance(vlm, batch, how: str = "drop", layer: int = 0, block: int = 1, me
             samples = tqdm(samples, desc=f"importance ({how}, layer {layer})", unit="sample")
         for b in samples:
             rec, lay = recorded[b], batch.layouts[b]
-            sets = candidates(lay, block).to(vlm.device)
-            size = chunk or default_chunk(vlm, rec.inputs[0].shape[1], memory_mb)
+            columns = candidate_columns(lay, block)
+            positions = lay.image_positions.tolist()  # ok-host: the layout (a CPU tensor), once per sample
+            prefix = untouched_prefix(vlm, batch, b, columns, positions)
+            order = sorted(range(len(columns)), key=prefix.__getitem__)  # neighbours in the sequence share a chunk
+            sets = candidates(lay, block)[order].to(vlm.device)
+            # small chunks replay less: a chunk replays from its first candidate's position on
+            size = chunk or min(default_chunk(vlm, rec.inputs[0].shape[1], memory_mb), max(8, -(-len(order) // 16)))
             mean = image_mean(rec, lay) if how == "mean" else None
             effects = []
-            for start in range(0, len(sets), size):
+            for start in range(0, len(order), size):
                 kl, logprob = replay(vlm, rec, sets[start:start + size], how, ref.log_probs[b].to(vlm.device),
-                                     ref.ids[b], ref.mask[b], mean)
+                                     ref.ids[b], ref.mask[b], mean, prefix=prefix[order[start]])
                 effects.append(kl if measure == "kl" else ref.logprob[b].to(logprob.device) - logprob)
             effect = torch.cat(effects).float()
             # each token takes its candidate's effect (every token is in exactly one candidate)

@@ -17,9 +17,11 @@ one's input, and added back in the replay: it does not depend on the ablation.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 
 from .._core.scoped import scoped
 from ..prune.engine import Pruner
@@ -39,6 +41,8 @@ class Recorded:
         added: per replayed layer, [1, Q, D] what the model adds after it before the next layer, or None.
         prompt_len: P, the (padded) prompt length: logits at P-1+t score answer token t.
         image_positions: [n] sequence positions of the sample's image tokens (column order).
+        kv: per layer, ([1, heads, Q, d] keys, values) of the recorded pass, computed when a
+            replay with a prefix first needs them (`layer_kv`).
     """
     layer: int
     inputs: list[torch.Tensor]
@@ -46,6 +50,7 @@ class Recorded:
     added: list[torch.Tensor | None]
     prompt_len: int
     image_positions: torch.Tensor
+    kv: dict = field(default_factory=dict)
 
 
 def _row(value, b: int, batch_size: int):
@@ -105,6 +110,42 @@ def record(vlm, batch, ref, layer: int) -> list[Recorded]:
     return out
 
 
+def _cache_argument(layer, kwargs: dict) -> str:
+    """The decoder layer's keyword for the KV cache: the one the model passed it (transformers >= 5.25:
+    `cache`, before: `past_key_values`), else the one its signature names."""
+    for name in ("cache", "past_key_values"):
+        if name in kwargs:
+            return name
+    return "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
+
+
+def layer_kv(vlm, rec: Recorded, l: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer l's keys and values over the recorded sequence (the layer run once on its recorded
+    input with a fresh cache): position i's key depends on position i's state alone, so any prefix
+    of them is the prefix's."""
+    if l not in rec.kv:
+        layer, cache = vlm.decoder_layers[l], DynamicCache()
+        kwargs = rec.kwargs[l - rec.layer]
+        layer(rec.inputs[l - rec.layer], **{**kwargs, _cache_argument(layer, kwargs): cache})
+        entry = cache.layers[layer.self_attn.layer_idx]
+        rec.kv[l] = (entry.keys, entry.values)
+    return rec.kv[l]
+
+
+def _suffix(kwargs: dict, p: int) -> dict:
+    """A layer's recorded arguments for the queries from position p on (rotary tables, position ids
+    and the mask's rows)."""
+    out = dict(kwargs)
+    if out.get("position_embeddings") is not None:
+        out["position_embeddings"] = tuple(t[..., p:, :] for t in out["position_embeddings"])
+    for key in ("position_ids", "cache_position"):
+        if torch.is_tensor(out.get(key)):
+            out[key] = out[key][..., p:]
+    if torch.is_tensor(out.get("attention_mask")):
+        out["attention_mask"] = out["attention_mask"][..., p:, :]
+    return out
+
+
 def _logits(vlm, hidden: torch.Tensor) -> torch.Tensor:
     """The model's next-token logits from the last decoder layer's output: final norm, head, and the
     final soft-capping where the family has one (Gemma)."""
@@ -116,40 +157,56 @@ def _logits(vlm, hidden: torch.Tensor) -> torch.Tensor:
 
 def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: torch.Tensor,
            ids: torch.Tensor, mask: torch.Tensor, image_mean: torch.Tensor | None = None, *,
-           start: int | None = None, mask_from: int | None = None):
+           start: int | None = None, mask_from: int | None = None, prefix: int = 0):
     """Effects of ablating, per candidate c, the image tokens `ablated[c]` ([C, n] bool, column space).
 
     The replay runs layers `start` (default rec.layer) .. L-1 from the recorded states entering
     `start`. how "mask"/"drop": the candidates' keys are masked for every other query in layers
     `mask_from` (default `start`) .. L-1; "zero"/"mean" (start == 0): their states entering layer 0
     become zeros or `image_mean` [D]. (A replay masking from a later layer than it starts
-    recomputes what the recorded states hold: tests compare the two.) Returns (kl [C], answer log-probability [C]) on the model's device:
+    recomputes what the recorded states hold: tests compare the two.)
+
+    `prefix` p > 0: no candidate touches positions < p, and no query there attends past p-1
+    (causal attention; the caller knows, from the layout, where the first ablated token sits). So
+    only queries p .. Q-1 are replayed, over the recorded keys and values of positions < p as a
+    KV cache: the cost follows the part of the sequence each candidate changes.
+
+    Returns (kl [C], answer log-probability [C]) on the model's device:
     kl = KL(ref || ablated) at the last prompt position, log p = sum_t mask[t] log p(ids[t]).
     """
     start = rec.layer if start is None else start
     c = ablated.shape[0]
-    hidden = rec.inputs[start - rec.layer].expand(c, -1, -1)
+    full = rec.inputs[start - rec.layer].shape[1]  # Q
+    hidden = rec.inputs[start - rec.layer][:, prefix:].expand(c, -1, -1)  # the replayed queries
     q = hidden.shape[1]
-    at = torch.zeros(c, q, dtype=torch.bool, device=hidden.device)
+    at = torch.zeros(c, full, dtype=torch.bool, device=hidden.device)  # ablated tokens, over every key
     at[:, rec.image_positions] = ablated.to(hidden.device)
     blocked = None
     if how in ("zero", "mean"):
         value = torch.zeros_like(hidden[0, 0]) if how == "zero" else image_mean.to(hidden.dtype)
-        hidden = torch.where(at[:, :, None], value, hidden)
+        hidden = torch.where(at[:, prefix:, None], value, hidden)
     else:
-        diagonal = torch.eye(q, dtype=torch.bool, device=hidden.device)
-        blocked = at[:, None, :] & ~diagonal
+        diagonal = torch.arange(prefix, full, device=hidden.device)[:, None] == torch.arange(full, device=hidden.device)
+        blocked = at[:, None, :] & ~diagonal  # [C, q, Q]
+    if prefix and blocked is None:  # an explicit mask: SDPA's own causal flag aligns q < k queries wrongly
+        blocked = torch.zeros(1, q, full, dtype=torch.bool, device=hidden.device)
+    cache = DynamicCache() if prefix else None
     first = start if mask_from is None else mask_from
     skip = start - rec.layer
     for l, kwargs, added in zip(range(start, vlm.num_layers), rec.kwargs[skip:], rec.added[skip:]):
         layer = vlm.decoder_layers[l]
+        if prefix:
+            keys, values = layer_kv(vlm, rec, l)
+            cache.update(keys[..., :prefix, :].expand(c, -1, -1, -1), values[..., :prefix, :].expand(c, -1, -1, -1),
+                         layer.self_attn.layer_idx)
+            kwargs = {**_suffix(kwargs, prefix), _cache_argument(layer, kwargs): cache}
         if blocked is not None and l >= first:
             kwargs = {**kwargs, "attention_mask": without(kwargs.get("attention_mask"), blocked, hidden.dtype)}
         hidden = layer(hidden, **kwargs)
         if added is not None:
-            hidden = hidden + added
-    steps = q - rec.prompt_len + 1
-    log_p = torch.log_softmax(_logits(vlm, hidden[:, rec.prompt_len - 1:]), -1)  # [C, steps, V]
+            hidden = hidden + added[:, prefix:]
+    steps = full - rec.prompt_len + 1
+    log_p = torch.log_softmax(_logits(vlm, hidden[:, rec.prompt_len - 1 - prefix:]), -1)  # [C, steps, V]
     kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
     taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
     return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
