@@ -8,7 +8,7 @@ from vtanalysis.errors import VTAError
 from vtanalysis.figures import FIGURES, make_figures
 
 PREFIXES = ("positional_bias", "inflection", "saliency_auc", "t2i_similarity", "coverage", "overlays",
-            "accuracy_vs_keep")
+            "accuracy_vs_keep", "causal_horizon", "causal_knockout", "causal_agreement")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,11 @@ def test_every_figure_is_made_and_reruns_from_cache(demo_untrained, scenes, tmp_
     acc = (out / "accuracy_vs_keep.csv").read_text().splitlines()
     assert acc[0].startswith("method,keep,accuracy,acc_low,acc_high,n,flops_ratio") and acc[1].startswith("none,1.0")
     findings = json.loads((out / "findings.json").read_text())
-    assert {r["source"] for r in findings} >= {"AdaptPrune Tab. 1", "AdaptPrune Tab. 4", "AdaFV Tab. 8", "AdaptInfer"}
+    assert {r["source"] for r in findings} >= {"AdaptPrune Tab. 1", "AdaptPrune Tab. 4", "AdaFV Tab. 8", "AdaptInfer",
+                                               "2411.18620", "2512.07580"}
+    knock = json.loads((out / "causal_knockout.json").read_text())
+    assert set(knock["effect"]) == {"image->question", "image->last", "question->last", "image->text"}
+    assert all(len(rows) == knock["samples"] for rows in knock["effect"].values())
     assert all(r["verdict"] in ("reproduced", "refuted", "inconclusive") for r in findings)
     assert (out / "findings.md").read_text().count("\n| ") == len(findings) + 1  # header + one line per claim
 

@@ -47,3 +47,49 @@ def test_a_claim_is_refuted_when_the_data_say_so():
     only_first = compare("b >= a on the first ten", "test", lose, win, at_least=True, samples=samples,
                          only=lambda s: s < 10)
     assert only_first["n"] == 10 and only_first["verdict"] == "reproduced"
+
+
+def causal_result(question_effect, last_effect, fastv, random, agreement=None):
+    """A `experiments.causal` result with the given per-sample knockout and horizon numbers."""
+    return {"keep": 0.1, "layers": list(range(len(fastv[0]))), "margin": 0.05, "samples": len(fastv),
+            "knockout": {"window": 1, "starts": list(range(len(question_effect[0]))),
+                         "effect": {"image->question": question_effect, "image->last": last_effect}},
+            "horizon": {"fastv": {"effect": fastv, "random": random,
+                                  "horizon": horizon_of(fastv, random)}},
+            "agreement": agreement or {}}
+
+
+def horizon_of(fastv, random):
+    import torch
+
+    from vtanalysis.causal.horizon import first_no_better
+    f, r = torch.tensor(fastv), torch.tensor(random)
+    return first_no_better(r.mean(0) - f.mean(0), r.mean(0), 0.05)
+
+
+def test_causal_claims_follow_the_stated_rules():
+    """2411.18620's route through the question (refuted when image -> question never reaches 5 % of
+    image -> last's effect), 2512.07580's horizon, and 'beats random' on the causal effect."""
+    from vtanalysis.experiments.findings import causal_rows
+
+    rng = np.random.default_rng(0)
+    early = [[1.0 + 0.1 * rng.random(), 0.2, 0.0, 0.0] for _ in range(12)]  # image -> question: early layers
+    late = [[0.0, 0.1, 1.0 + 0.1 * rng.random(), 0.5] for _ in range(12)]
+    fastv = [[0.2 + 0.05 * rng.random(), 0.3, 0.9, 0.5] for _ in range(12)]  # better than random, then equal
+    random = [[1.5 + 0.05 * rng.random(), 1.4, 0.9, 0.5] for _ in range(12)]
+    agreement = {"good": {"effect": [0.1 + 0.01 * i for i in range(12)], "random": [1.0 + 0.01 * i for i in range(12)],
+                          "oracle": [0.0] * 12, "recall": [0.5] * 12}}
+    rows = {r["source"]: r for r in causal_rows(causal_result(early, late, fastv, random, agreement))}
+    assert rows["2411.18620"]["verdict"] == "reproduced"
+    assert rows["2512.07580"]["verdict"] == "reproduced" and "horizon layer 2" in rows["2512.07580"]["measured"]
+    assert rows["2502.11501; causal (issue 39)"]["verdict"] == "reproduced"
+    # ratio of means: (1.055 - 0.155) / (1.055 - 0)
+    assert "share of the oracle recovered 0.853" in rows["2502.11501; causal (issue 39)"]["measured"]
+    silent = [[0.001, 0.0, 0.0, 0.0] for _ in range(12)]
+    assert {r["source"]: r for r in causal_rows(causal_result(silent, late, fastv, random))}["2411.18620"]["verdict"] \
+        == "refuted"
+    reversed_ = {r["source"]: r for r in causal_rows(causal_result(late, early, fastv, random))}
+    assert reversed_["2411.18620"]["verdict"] == "refuted"
+    always_better = [[r - 1.0 for r in row] for row in random]
+    assert {r["source"]: r for r in causal_rows(causal_result(early, late, always_better, random))}["2512.07580"][
+        "verdict"] == "refuted"

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import VTAError
-from ..prune.budget import keep_count
 from .ablation import Reference, reference
 from .edges import check_lengths
 from .importance import importance as token_importance
-from .oracle import effects, search
+from .oracle import effects_kept, search
 from .replay import record
-from .selections import ablated_rows, method_columns, random_columns
+from .selections import method_columns, random_columns
 
 BUDGETS = tuple(i / 8 for i in range(1, 9))
 
@@ -83,7 +82,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, seeds: int = 5, measure: str = "kl",
               target: list[str] | None = None, ref: Reference | None = None, chunk: int | None = None,
-              memory_mb: float = 1024, max_new_tokens: int = 8, **knobs) -> AgreementResult:
+              memory_mb: float = 1024, max_new_tokens: int = 8, oracle_sets: list[torch.Tensor] | None = None,
+              importance_scores: torch.Tensor | None = None, **knobs) -> AgreementResult:
     """Score `method`'s selection at `keep` against the causal oracle, random selections and `importance`.
 
     Args:
@@ -93,6 +93,10 @@ def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, see
         seeds: random selections per sample.
         measure: "kl" or "logprob_drop".
         target, ref, chunk, memory_mb, max_new_tokens: as in `importance`.
+        oracle_sets: per sample, the oracle's kept columns found before (`oracle(..., keep, layer)` at
+            the method's kept count), reused across methods; default: searched here.
+        importance_scores: [B, n] `importance(vlm, batch, "drop", layer, measure=measure)` computed
+            before, reused across methods; default: computed here.
     Returns:
         `AgreementResult`.
     """
@@ -103,7 +107,8 @@ def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, see
     check_lengths(vlm, batch, ref.ids)
     mine = method_columns(vlm, batch, method, keep, **knobs)
     along = [method_columns(vlm, batch, method, fraction, **knobs) for fraction in BUDGETS]
-    scores = token_importance(vlm, batch, "drop", layer, measure=measure, ref=ref, chunk=chunk, memory_mb=memory_mb)
+    scores = importance_scores if importance_scores is not None else \
+        token_importance(vlm, batch, "drop", layer, measure=measure, ref=ref, chunk=chunk, memory_mb=memory_mb)
     size = len(batch)
     effect, rand, best, recall, rho = (torch.zeros(size) for _ in range(5))
     deletion, insertion = torch.zeros(size, len(BUDGETS)), torch.zeros(size, len(BUDGETS))
@@ -112,17 +117,26 @@ def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, see
         for b, lay in enumerate(batch.layouts):
             n, rec = lay.n_image_tokens, recorded[b]
             k = len(mine[b])
-            found = search(vlm, rec, lay, k, "drop", ref, b, start=layer, measure=measure, chunk=chunk,
-                           memory_mb=memory_mb).cpu()  # ok-host: once per sample
+
+            def run(sets, b=b, rec=rec):  # effects of keeping only each row's columns, on the host
+                return effects_kept(vlm, rec, sets.to(vlm.device), ref, b, start=layer, measure=measure, chunk=chunk,
+                                    memory_mb=memory_mb).cpu()  # ok-host: once per set size
+            if oracle_sets is not None:
+                found = oracle_sets[b].cpu()
+                if len(found) != k:
+                    raise VTAError(f"sample {b}: the given oracle set keeps {len(found)} tokens, {method} keeps {k}; "
+                                   "search the oracle at the method's count.")
+            else:
+                found = search(vlm, rec, lay, k, "drop", ref, b, start=layer, measure=measure, chunk=chunk,
+                               memory_mb=memory_mb).cpu()  # ok-host: once per sample
             kept = [mine[b], found] + [random_columns(n, k, seed=1000 * b + s) for s in range(seeds)]
-            kept += [along[j][b] for j in range(len(BUDGETS))]  # insertion: keep only these
-            ablated = ablated_rows(kept, n)
-            ablated = torch.cat([ablated, ~ablated_rows([along[j][b] for j in range(len(BUDGETS))], n)])  # deletion
-            out = effects(vlm, rec, ablated.to(vlm.device), "drop", ref, b, start=layer, measure=measure,
-                          chunk=chunk, memory_mb=memory_mb).cpu()  # ok-host: once per sample
-            effect[b], best[b], rand[b] = out[0], out[1], out[2:2 + seeds].mean()
-            insertion[b] = out[2 + seeds:2 + seeds + len(BUDGETS)]
-            deletion[b] = out[2 + seeds + len(BUDGETS):]
+            out = run(torch.stack(kept))
+            effect[b], best[b], rand[b] = out[0], out[1], out[2:].mean()
+            for j in range(len(BUDGETS)):  # insertion: keep only the selection; deletion: keep the rest
+                selected = torch.zeros(n, dtype=torch.bool)
+                selected[along[j][b]] = True
+                insertion[b, j] = run(selected.nonzero().flatten()[None])[0]  # ok-host: the layout's host tensors
+                deletion[b, j] = run((~selected).nonzero().flatten()[None])[0]
             recall[b] = torch.isin(found, mine[b]).float().mean()
             first_kept = torch.full((n,), float(len(BUDGETS)))
             for j in reversed(range(len(BUDGETS))):

@@ -23,9 +23,11 @@ import torch
 from ..errors import VTAError
 from .ablation import Reference, reference
 from .edges import check_lengths
-from .oracle import effects, search
+from .oracle import effects_kept, search
 from .replay import record
-from .selections import ablated_rows, method_columns, random_columns, takes_layer
+from .selections import method_columns, random_columns, takes_layer
+
+MARGIN = 0.05  # the share of the random effect within which a method counts as no better than random
 
 
 @dataclass
@@ -67,7 +69,7 @@ def first_no_better(advantage: torch.Tensor, random_mean: torch.Tensor, margin: 
 
 
 def horizon(vlm, batch, method: str, keep: float | int, *, seeds: int = 5, with_oracle: bool = False,
-            measure: str = "kl", margin: float = 0.05, target: list[str] | None = None, ref: Reference | None = None,
+            measure: str = "kl", margin: float = MARGIN, target: list[str] | None = None, ref: Reference | None = None,
             chunk: int | None = None, memory_mb: float = 1024, max_new_tokens: int = 8, progress: bool = False,
             **knobs) -> HorizonResult:
     """For every layer l, the effect of keeping only `method`'s selection (and random ones) from l on.
@@ -113,8 +115,8 @@ def horizon(vlm, batch, method: str, keep: float | int, *, seeds: int = 5, with_
                 if with_oracle:
                     sets.append(search(vlm, rec, lay, len(mine), "drop", ref, b, start=l, measure=measure,
                                        chunk=chunk, memory_mb=memory_mb).cpu())  # ok-host: once per layer
-                out = effects(vlm, rec, ablated_rows(sets, n).to(vlm.device), "drop", ref, b, start=l,
-                              measure=measure, chunk=chunk, memory_mb=memory_mb).cpu()  # ok-host: once per layer
+                out = effects_kept(vlm, rec, torch.stack(sets).to(vlm.device), ref, b, start=l, measure=measure,
+                                   chunk=chunk, memory_mb=memory_mb).cpu()  # ok-host: once per layer
                 effect[b, l], rand[b, :, l] = out[0], out[1:1 + seeds]
                 if with_oracle:
                     best[b, l] = out[-1]

@@ -4,8 +4,9 @@ Greedy forward selection (the kept set grows from empty): each round scores ever
 by the effect of keeping only kept ∪ {t} (the rest ablated from `layer` on) and adds the `step`
 tokens whose addition leaves the smallest effect, until `keep` tokens are kept. No proxy can beat
 it by much on its own objective; it is the reference `agreement` and `horizon` measure methods
-against. Each round is one batch of n replayed copies (`replay`), chunked to a memory budget;
-`step` defaults to ceil(keep / 16), so at most 16 rounds.
+against. Each round is one batch of n replayed copies, chunked to a memory budget; for "drop" and
+"mask" (the same ablation) each copy holds only its kept image tokens (`replay_kept`), so a round
+costs what n short sequences cost. `step` defaults to ceil(keep / 16), so at most 16 rounds.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..prune.budget import keep_count
 from .ablation import Reference, reference
 from .edges import check_lengths
 from .importance import default_chunk, image_mean
-from .replay import Recorded, record, replay
+from .replay import Recorded, kept_positions, record, replay, replay_kept
 
 SEARCH_HOWS = ("drop", "mask", "zero", "mean")
 
@@ -35,6 +36,20 @@ def effects(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref: Reference,
     return torch.cat(out).float()
 
 
+def effects_kept(vlm, rec: Recorded, kept: torch.Tensor, ref: Reference, b: int, *, start: int,
+                 measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024) -> torch.Tensor:
+    """[C] the effect of keeping only the image columns `kept[c]` ([C, k], on the model's device) and
+    dropping the rest from `start` on (`replay_kept`: shortened sequences, so small sets are cheap)."""
+    positions = kept_positions(rec, kept)
+    size = chunk or default_chunk(vlm, positions.shape[1], memory_mb)
+    out = []
+    for first in range(0, kept.shape[0], size):
+        kl, logprob = replay_kept(vlm, rec, positions[first:first + size], ref.log_probs[b].to(vlm.device),
+                                  ref.ids[b], ref.mask[b], start=start)
+        out.append(kl if measure == "kl" else ref.logprob[b].to(logprob.device) - logprob)
+    return torch.cat(out).float()
+
+
 def search(vlm, rec: Recorded, lay, k: int, how: str, ref: Reference, b: int, *, start: int, step: int | None = None,
            measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024) -> torch.Tensor:
     """[k] LongTensor (on the model's device, ascending): sample b's oracle kept columns at `start`."""
@@ -44,10 +59,16 @@ def search(vlm, rec: Recorded, lay, k: int, how: str, ref: Reference, b: int, *,
     kept = torch.zeros(n, dtype=torch.bool, device=vlm.device)
     eye = torch.eye(n, dtype=torch.bool, device=vlm.device)
     count = 0  # host count: each round adds a known number, no read-back
+    every = torch.arange(n, device=vlm.device)[:, None]
     while count < k:
-        trial = kept[None, :] | eye  # row t: the kept set with t added
-        effect = effects(vlm, rec, ~trial, how, ref, b, start=start, measure=measure, chunk=chunk,
-                         memory_mb=memory_mb, mean=mean)
+        if how in ("drop", "mask"):  # the same ablation (tests), computed on the kept tokens alone
+            chosen = kept.float().topk(count).indices.expand(n, count)  # count is known: no read-back
+            effect = effects_kept(vlm, rec, torch.cat([chosen, every], 1), ref, b, start=start, measure=measure,
+                                  chunk=chunk, memory_mb=memory_mb)  # row t: t already kept repeats it (unused)
+        else:
+            trial = kept[None, :] | eye  # row t: the kept set with t added
+            effect = effects(vlm, rec, ~trial, how, ref, b, start=start, measure=measure, chunk=chunk,
+                             memory_mb=memory_mb, mean=mean)
         effect = effect.masked_fill(kept, float("inf"))
         add = min(step, k - count)
         kept[torch.topk(effect, add, largest=False).indices] = True

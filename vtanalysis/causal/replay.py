@@ -41,6 +41,7 @@ class Recorded:
         added: per replayed layer, [1, Q, D] what the model adds after it before the next layer, or None.
         prompt_len: P, the (padded) prompt length: logits at P-1+t score answer token t.
         image_positions: [n] sequence positions of the sample's image tokens (column order).
+        other_positions: [Q - n] every other position (text, padding, answer), ascending.
         kv: per layer, ([1, heads, Q, d] keys, values) of the recorded pass, computed when a
             replay with a prefix first needs them (`layer_kv`).
     """
@@ -50,6 +51,7 @@ class Recorded:
     added: list[torch.Tensor | None]
     prompt_len: int
     image_positions: torch.Tensor
+    other_positions: torch.Tensor
     kv: dict = field(default_factory=dict)
 
 
@@ -105,8 +107,12 @@ def record(vlm, batch, ref, layer: int) -> list[Recorded]:
             nxt = seen_in.get(l + 1)
             delta = None if nxt is None or nxt is seen_out[l] else (nxt[b:b + 1] - seen_out[l][b:b + 1])
             added.append(delta if delta is not None and delta.any() else None)
-        out.append(Recorded(layer, [seen_in[l][b:b + 1] for l in range(layer, len(layers))], [_row(seen_kwargs[l], b, size) for l in range(layer, len(layers))],
-                            added, prompt_len, lay.image_positions.to(vlm.device)))
+        length = seen_in[layer].shape[1]
+        other = torch.ones(length, dtype=torch.bool)
+        other[lay.image_positions] = False
+        out.append(Recorded(layer, [seen_in[l][b:b + 1] for l in range(layer, len(layers))],
+                            [_row(seen_kwargs[l], b, size) for l in range(layer, len(layers))], added, prompt_len,
+                            lay.image_positions.to(vlm.device), torch.arange(length)[other].to(vlm.device)))
     return out
 
 
@@ -207,6 +213,50 @@ def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: t
             hidden = hidden + added[:, prefix:]
     steps = full - rec.prompt_len + 1
     log_p = torch.log_softmax(_logits(vlm, hidden[:, rec.prompt_len - 1 - prefix:]), -1)  # [C, steps, V]
+    kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
+    taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
+    return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
+
+
+def kept_positions(rec: Recorded, kept: torch.Tensor) -> torch.Tensor:
+    """[C, Q - n + k] ascending sequence positions of every non-image token and the kept image
+    columns `kept` [C, k] (LongTensor on the model's device)."""
+    other = rec.other_positions.expand(kept.shape[0], -1)
+    return torch.cat([other, rec.image_positions[kept]], 1).sort(1).values
+
+
+def _gathered(kwargs: dict, positions: torch.Tensor) -> dict:
+    """A layer's recorded arguments for the sequences made of `positions` [C, L'] (ascending): rotary
+    tables, position ids and the mask gathered (rows and columns); no cache position (no cache)."""
+    out = {k: v for k, v in kwargs.items() if k != "cache_position"}
+    if out.get("position_embeddings") is not None:
+        out["position_embeddings"] = tuple(t[0][positions] for t in out["position_embeddings"])
+    if torch.is_tensor(out.get("position_ids")):
+        ids = out["position_ids"]
+        out["position_ids"] = ids[..., 0, :][..., positions] if ids.dim() == 3 else ids[0][positions]
+    mask = out.get("attention_mask")
+    if torch.is_tensor(mask):  # None stays None: plain causal attention over an ascending order
+        out["attention_mask"] = mask[0, 0][positions[:, :, None], positions[:, None, :]][:, None]
+    return out
+
+
+def replay_kept(vlm, rec: Recorded, positions: torch.Tensor, ref_log_probs: torch.Tensor, ids: torch.Tensor,
+                mask: torch.Tensor, *, start: int | None = None):
+    """Effects of keeping, per candidate c, only the sequence positions `positions[c]` ([C, L'],
+    ascending: every non-image token and the kept image tokens, `kept_positions`) from layer `start`
+    (default rec.layer) on: the engine's "drop" with original positions, computed on the shortened
+    sequences, so a copy costs what its kept tokens cost. Returns (kl [C], answer log-probability [C])
+    as `replay`."""
+    start = rec.layer if start is None else start
+    c = positions.shape[0]
+    hidden = rec.inputs[start - rec.layer][0][positions]  # [C, L', D]
+    skip = start - rec.layer
+    for l, kwargs, added in zip(range(start, vlm.num_layers), rec.kwargs[skip:], rec.added[skip:]):
+        hidden = vlm.decoder_layers[l](hidden, **_gathered(kwargs, positions))
+        if added is not None:
+            hidden = hidden + added[0][positions]
+    steps = rec.inputs[0].shape[1] - rec.prompt_len + 1  # the last prompt token and the answer: the tail
+    log_p = torch.log_softmax(_logits(vlm, hidden[:, -steps:]), -1)
     kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
     taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
     return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)

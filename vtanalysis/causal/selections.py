@@ -28,10 +28,3 @@ def random_columns(n: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[:k].sort().values
 
-
-def ablated_rows(kept: list[torch.Tensor], n: int) -> torch.Tensor:
-    """[len(kept), n] bool: True for the tokens each kept set leaves out."""
-    rows = torch.ones(len(kept), n, dtype=torch.bool)
-    for i, cols in enumerate(kept):
-        rows[i, cols] = False
-    return rows

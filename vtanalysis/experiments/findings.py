@@ -16,6 +16,13 @@ the model refutes is reported as refuted. Claims:
                         stages placed evenly over the depth, at the same average image-token budget
     baselines           adaptprune and adafv > the random, spatially uniform and pooled baselines at keep 0.1
                         (2025 studies found such baselines competitive; issue 22)
+    causal (issue 39)   each method's selection leaves a smaller effect (KL of the next-token distribution)
+                        than random selections of its size (2502.11501's demand, on the causal effect);
+                        the image reaches the last token through the question before it does directly
+                        (2411.18620: knocking out image -> question matters at earlier layers than image ->
+                        last; effect-weighted mean window start, paired over samples); there is an
+                        information horizon (2512.07580: from some layer on FastV's selection is within
+                        the stated margin of random's effect, after being better than random before it)
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import numpy as np
 from ..analysis.stats import mean_interval, paired, verdict
 
 KEEP = 0.1
+QUESTION_ROUTE = 0.05  # image -> question must reach this share of image -> last's largest effect to be a route
 SCHEDULE_KEEP = 0.25  # an AdaptInfer budget every depth can meet (0.1 is below some first-stage floors)
 
 
@@ -94,7 +102,7 @@ def _schedule_rows(ctx, result: dict) -> list[dict]:
     return rows + [row]
 
 
-def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
+def findings(ctx, scores: dict, inflection: dict, causal: dict | None = None) -> list[dict]:
     """Every claim row: {"claim", "source", "n", "measured", "verdict"}."""
     from ..prune.registry import get
 
@@ -120,6 +128,68 @@ def findings(ctx, scores: dict, inflection: dict) -> list[dict]:
             other = _seed_mean(ctx, baseline) if "seed" in get(baseline).knobs else ev(baseline, KEEP)
             rows.append(compare(f"{method} beats the {baseline} baseline at keep {KEEP}", "baselines (issue 22)",
                                 ev(method, KEEP), other, at_least=False, samples=samples))
+    return rows + (causal_rows(causal) if causal is not None else [])
+
+
+def causal_rows(result: dict) -> list[dict]:
+    """The causal claims (see the module docstring) from `experiments.causal.causal_result`."""
+    from .causal import oracle_share
+
+    keep, rows = result["keep"], []
+    for method, a in result["agreement"].items():
+        d, low, high, n = paired(a["random"], a["effect"])
+        share = oracle_share(a)
+        recall = mean_interval(a["recall"])
+        rows.append({"claim": f"{method}'s selection keeps more of what the answer depends on than random "
+                              f"selections of its size (smaller KL at keep {keep})",
+                     "source": "2502.11501; causal (issue 39)", "n": n,
+                     "measured": f"KL {np.mean(a['effect']):.3f} vs random {np.mean(a['random']):.3f}; random - "
+                                 f"{method} {d:+.3f} [{_fmt(low)}, {_fmt(high)}]; share of the oracle recovered "
+                                 f"{_fmt(share[0])} [{_fmt(share[1])}, {_fmt(share[2])}], recall of its tokens {_fmt(recall[0])}",
+                     "verdict": verdict(low, high)})
+    knock = result["knockout"]
+    starts = np.asarray(knock["starts"], dtype=float)
+
+    def centroid(effects):  # effect-weighted mean window start per sample (NaN where nothing changes)
+        e = np.clip(np.asarray(effects, dtype=float), 0, None)
+        total = e.sum(1)
+        return np.where(total > 1e-3, (e * starts).sum(1) / np.where(total > 1e-3, total, 1), np.nan)
+    via_question = np.mean(knock["effect"]["image->question"], axis=0)  # mean effect per window
+    direct = np.mean(knock["effect"]["image->last"], axis=0)
+    claim = ("the image reaches the last token through the question tokens before it does directly (knocking out "
+             "image -> question matters at earlier layers than image -> last, by effect-weighted window start; "
+             f"windows of {knock['window']} layers; refuted when image -> question never reaches "
+             f"{QUESTION_ROUTE:.0%} of image -> last's largest effect)")
+    if via_question.max() < QUESTION_ROUTE * direct.max():
+        rows.append({"claim": claim, "source": "2411.18620", "n": len(knock["effect"]["image->last"]),
+                     "measured": f"largest mean KL: image -> question {via_question.max():.3f}, image -> last "
+                                 f"{direct.max():.3f}: the question tokens carry no image information the answer uses",
+                     "verdict": "refuted"})
+    else:
+        question, last = centroid(knock["effect"]["image->question"]), centroid(knock["effect"]["image->last"])
+        both = np.isfinite(question) & np.isfinite(last)
+        d, low, high, n = paired(last[both], question[both])
+        rows.append({"claim": claim, "source": "2411.18620", "n": n,
+                     "measured": f"effect-weighted window start: image -> question {np.nanmean(question):.2f}, "
+                                 f"image -> last {np.nanmean(last):.2f}; difference {d:+.2f} [{_fmt(low)}, {_fmt(high)}]",
+                     "verdict": verdict(low, high)})
+    if "fastv" in result["horizon"]:
+        h = result["horizon"]["fastv"]
+        effect, rand = np.asarray(h["effect"]), np.asarray(h["random"])
+        intervals = [paired(rand[:, l], effect[:, l]) for l in result["layers"]]
+        better = [l for l, (_, lo, _, _) in enumerate(intervals) if lo > 0]
+        at = h["horizon"]
+        last_better = intervals[-1][1] > result["margin"] * rand[:, -1].mean()
+        verdict_ = ("reproduced" if at is not None and any(l < at for l in better) else
+                    "refuted" if last_better else "inconclusive")
+        rows.append({"claim": f"there is an information horizon: from some layer on, FastV's selection (keep {keep}) "
+                              f"is no better than random (within {result['margin']:.0%} of random's effect from that "
+                              "layer to the last), after being better than random before it",
+                     "source": "2512.07580", "n": len(effect),
+                     "measured": "random - fastv per layer: " + ", ".join(f"{d:+.3f}" for d, *_ in intervals) +
+                                 f"; horizon {'none' if at is None else 'layer ' + str(at)}; better than random "
+                                 f"(interval above 0) at layers {better or 'none'}",
+                     "verdict": verdict_})
     return rows
 
 

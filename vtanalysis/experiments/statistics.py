@@ -135,4 +135,6 @@ def findings_rows(ctx: Context) -> list[dict]:
     from . import findings as fd
 
     scored = scores(ctx) if ctx.vlm.adapter.has_cls else {"rows": []}
-    return fd.findings(ctx, scored, inflection_result(ctx))
+    from .causal import causal_result
+
+    return fd.findings(ctx, scored, inflection_result(ctx), causal_result(ctx))
