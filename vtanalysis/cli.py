@@ -315,6 +315,51 @@ def figures_cmd(
         print(f"{name}: " + ", ".join(str(p) for p in paths))
 
 
+@app.command("causal", cls=_ListsRegistered)
+def causal_cmd(
+    model: str = typer.Option("demo", help=MODEL_HELP),
+    data: Path = typer.Option(None, help="Dataset folder in the standard format. Default for the demo model: its "
+                              "held-out scenes, written to OUT/data."),
+    out: Path = typer.Option(..., help="Output folder; rerun with the same folder to resume."),
+    how: str = typer.Option("drop", help="Ablation: drop or mask (from --layer on), zero or mean (input embeddings)."),
+    layer: int = typer.Option(0, help="First decoder layer without the ablated tokens (drop, mask)."),
+    block: int = typer.Option(1, min=1, help="Ablate b x b blocks of each grid instead of single tokens."),
+    measure: str = typer.Option("kl", help="kl (next-token KL) or logprob_drop (of the explained answer)."),
+    method: list[str] = typer.Option(None, help="Score this method against the causal oracle (repeatable): {methods}."),
+    keep: str = typer.Option("0.1", help="The methods' budget: a ratio like 0.1 or a token count like 64."),
+    knockout: bool = typer.Option(False, help="Also knock out image->question, image->last, question->last and "
+                                  "image->text in sliding windows of layers."),
+    window: int = typer.Option(None, min=1, help="Knockout window in layers (default: a quarter of the depth)."),
+    batch_size: int = typer.Option(4, min=1, help="Samples per part (one JSON file in OUT/parts)."),
+    limit: int = typer.Option(None, min=1, help="Use only the first N samples."),
+    device: str = typer.Option("cpu", help="torch device (cpu, cuda, or auto: spread over all GPUs)."),
+):
+    """Which image tokens does the answer depend on? Causal importance maps, agreement of methods with
+    the causal oracle and attention knockout, over a dataset (resumable; `vtanalysis.causal`)."""
+    from .causal.dataset import analyse
+    from .errors import VTAError
+    from ._core.files import output_folder
+    from .models import load_vlm
+
+    try:
+        output_folder(out)
+        vlm = load_vlm(model, device=device)
+        if data is None:
+            data = _demo_heldout(model, out / "data", limit or 16)
+        summary = analyse(vlm, data, out, how=how, layer=layer, block=block, measure=measure,
+                          methods=tuple(method or ()), keep=_parse_keep(keep), knockout=knockout, window=window,
+                          batch_size=batch_size, limit=limit)
+    except VTAError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    console.print(f"explained {summary['samples']} answers -> {out} (importance.jsonl, importance.png"
+                  + (", agreement.csv" if method else "") + (", knockout.csv" if knockout else "") + ", summary.json)")
+    for name, m in summary["methods"].items():
+        share = "n/a" if m["share"] is None else f"{m['share']:.2f}"
+        console.print(f"  {name}: KL {m['effect']:.3f} (random {m['random']:.3f}, oracle {m['oracle']:.3f}); "
+                      f"share of the oracle recovered {share}, recall {m['recall']:.2f}")
+
+
 @app.command("eval", cls=_ListsRegistered)
 def eval_cmd(
     model: str = typer.Option("demo", help=MODEL_HELP),

@@ -113,3 +113,11 @@ def oracle(vlm, batch, keep: float | int, layer: int = 0, how: str = "drop", mea
                           measure=measure, chunk=chunk, memory_mb=memory_mb)
             out.append(kept.cpu())  # ok-host: the result, once per sample
     return out
+
+
+def oracle_for_counts(vlm, batch, counts: tuple[int, ...], ref: Reference, *, layer: int = 0, measure: str = "kl",
+                      step: int | None = None) -> list[torch.Tensor]:
+    """Per sample, the oracle set of that sample's own count (one `oracle` search per distinct count in
+    the batch): what `agreement(..., oracle_sets=)` takes for a method keeping `counts`."""
+    found = {n: oracle(vlm, batch, n, layer, measure=measure, ref=ref, step=step) for n in sorted(set(counts))}
+    return [found[n][b] for b, n in enumerate(counts)]

@@ -59,6 +59,7 @@ def compute(ctx: Context) -> dict:
     from .. import causal
     from ..causal.agreement import BUDGETS
     from ..causal.horizon import MARGIN, first_no_better
+    from ..causal.oracle import oracle_for_counts
     from ..causal.selections import method_columns
     from ..prune.budget import keep_count
 
@@ -98,7 +99,7 @@ def compute(ctx: Context) -> dict:
         ref = causal.reference(vlm, batch)
         scores = causal.importance(vlm, batch, ref=ref)
         budget = tuple(keep_count(KEEP, lay.n_image_tokens) for lay in batch.layouts)
-        found = _oracle_at(vlm, batch, budget, ref)
+        found = oracle_for_counts(vlm, batch, budget, ref, step=ORACLE_STEP)
         for m in agreement_methods:
             counts = tuple(len(c) for c in method_columns(vlm, batch, m, KEEP))
             if counts != budget:  # a multi-stage method's first stage keeps more: another objective
@@ -115,14 +116,6 @@ def compute(ctx: Context) -> dict:
             "horizon": horizon, "knockout": {"window": k, "starts": starts, "effect": knock},
             "agreement": {m: a for m, a in agreement.items() if m not in excluded}, "excluded": excluded,
             "budgets": list(BUDGETS)}
-
-
-def _oracle_at(vlm, batch, counts: tuple[int, ...], ref) -> list:
-    """Per sample, the oracle set of that sample's count (one search per distinct count in the batch)."""
-    from .. import causal
-
-    found = {n: causal.oracle(vlm, batch, n, ref=ref, step=ORACLE_STEP) for n in sorted(set(counts))}
-    return [found[n][b] for b, n in enumerate(counts)]
 
 
 def oracle_share(a: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -51,3 +51,32 @@ def overlay_figure(vlm, image, layout, kept_columns, *, title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def draw_heat(ax, image, grid, values, extent=(0.0, 0.0, 1.0, 1.0), *, kept_columns=None, vmax=None, title: str = ""):
+    """Draw `image` with a grid's per-token `values` (all of a sample's image-token columns, e.g. causal
+    importance) as a translucent heat map over it; `kept_columns` outlined when given (a method's kept tokens).
+    Opacity grows with the value, so tokens that do not matter leave the image visible.
+    Returns a mappable for a colour bar."""
+    arr = np.asarray(image.convert("RGB"))
+    H, W = arr.shape[:2]
+    ax.imshow(arr)
+    x0, y0, x1, y1 = extent[0] * W, extent[1] * H, extent[2] * W, extent[3] * H
+    heat = np.clip(np.asarray(values, dtype=float)[grid.start:grid.stop].reshape(grid.shape), 0, None)
+    top = vmax if vmax is not None else max(float(np.nanmax(heat)), 1e-12)
+    scaled = np.clip(heat / top, 0, 1)
+    rgba = plt.get_cmap("inferno")(scaled)
+    rgba[..., 3] = 0.85 * np.sqrt(scaled)  # unimportant tokens stay clear: the image shows through
+    ax.imshow(rgba, extent=(x0, x1, y1, y0), interpolation="nearest")
+    art = plt.cm.ScalarMappable(norm=plt.Normalize(0, top), cmap="inferno")
+    if kept_columns is not None:
+        gh, gw = grid.shape
+        cw, ch = (x1 - x0) / gw, (y1 - y0) / gh
+        for r, c in zip(*np.nonzero(kept_mask(grid, kept_columns))):
+            ax.add_patch(mpatches.Rectangle((x0 + c * cw, y0 + r * ch), cw, ch, fill=False, lw=0.8, ec="cyan"))
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    return art
