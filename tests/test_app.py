@@ -133,3 +133,28 @@ def test_two_sessions_computing_at_once_get_their_own_overlays():
     for keep, at in sessions.items():
         assert not at.exception, at.exception
         assert shown(at) == alone[keep]
+
+
+def test_the_causal_toggle_shows_importance_beside_each_methods_kept_tokens(app):
+    """Issue 39: a token's causal importance as an overlay beside a method's kept tokens."""
+    app.multiselect(key="methods").set_value(["fastv", "pool"]).run()
+    app.toggle(key="causal").set_value(True).run()
+    assert not app.exception, app.exception
+    assert any("KL divergence of the next-token distribution" in c.value for c in app.caption)
+    app.toggle(key="causal").set_value(False).run()
+    assert not any("KL divergence of the next-token distribution" in c.value for c in app.caption)
+
+
+def test_causal_overlays_measure_the_kept_set():
+    from vtanalysis import causal, prune
+    from vtanalysis.inspection import causal_overlays, sample_images
+    from vtanalysis.models import tiny
+
+    vlm = tiny.build("llava", seed=1, num_layers=3)
+    image, question = next(iter(sample_images().values()))
+    out = causal_overlays(vlm, image, question, ["fastv"], 0.25)
+    batch = vlm.prepare([image], [question])
+    kept = prune.select(vlm, batch, "fastv", 0.25)[-1][0]
+    rest = [c for c in range(out["n_image"]) if c not in set(kept.tolist())]
+    assert out["fastv"]["kl_kept_only"] == pytest.approx(float(causal.ablate(vlm, batch, [rest]).kl[0]), abs=1e-6)
+    assert out["fastv"]["overlay"][:4] == b"\x89PNG"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import prune
@@ -120,6 +121,37 @@ def attention(vlm, image: Image.Image, question: str) -> dict:
     words = vlm.processor.tokenizer.convert_ids_to_tokens(ids.tolist())
     prior = np.stack([text_prior(rec.text_to_text[l][None].float())[0].numpy() for l in range(len(rec.layers))])
     return {"maps": maps, "words": words, "prior": prior, "grid": grid.shape, "layers": rec.layers}
+
+
+def causal_overlays(vlm, image: Image.Image, question: str, methods: list[str], keep: float) -> dict:
+    """Causal importance of each image token (`causal.importance`: KL of the next token when the token
+    is dropped before the LLM) beside each method's kept tokens.
+
+    Returns {"answer": the explained (unpruned greedy) answer, "n_image": image tokens,
+    method: {"overlay": PNG bytes of the importance heat map with the method's kept tokens outlined,
+    "kl_kept_only": KL when only those tokens enter the LLM}}.
+    """
+    from . import causal
+    from .viz.overlay import draw_heat
+
+    batch = vlm.prepare([image], [question])
+    layout, grid = batch.layouts[0], batch.layouts[0].grids[0]
+    ref = causal.reference(vlm, batch)
+    scores = causal.importance(vlm, batch, "drop", 0, ref=ref)[0, :layout.n_image_tokens]
+    extent = vlm.adapter.grid_extent(vlm.processor, grid, image.size)
+    out = {"answer": ref.answers[0], "n_image": layout.n_image_tokens}
+    for method in methods:
+        stages = prune.select(vlm, batch, method, keep)
+        kept = stages[-1][0] if stages else torch.arange(layout.n_image_tokens)
+        dropped = torch.ones(layout.n_image_tokens, dtype=torch.bool)
+        dropped[kept] = False
+        kl = float(causal.ablate(vlm, batch, [dropped.nonzero().flatten()], ref=ref).kl[0])
+        fig, ax = plt.subplots(figsize=(4.2, 4.6))
+        draw_heat(ax, image, grid, scores.numpy(), extent, kept_columns=kept,
+                  title=f"{method}, keep {keep:g}: kept tokens outlined\nKL if only they enter the LLM: {kl:.3f}")
+        fig.tight_layout()
+        out[method] = {"overlay": png(fig), "kl_kept_only": kl}
+    return out
 
 
 def heatmap_png(image: Image.Image, amap: np.ndarray, title: str) -> bytes:
