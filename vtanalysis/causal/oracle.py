@@ -27,11 +27,16 @@ SEARCH_HOWS = ("drop", "mask", "zero", "mean")
 def effects(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref: Reference, b: int, *, start: int,
             measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024, mean=None) -> torch.Tensor:
     """[C] the effect of ablating each row of `ablated` ([C, n] bool) for sample b, replayed from `start`."""
-    size = chunk or default_chunk(vlm, rec.inputs[0].shape[1], memory_mb)
+    return _chunked(vlm, rec, ablated, ref, b, measure, chunk or default_chunk(vlm, rec.inputs[0].shape[1], memory_mb),
+                    lambda rows, log_probs: replay(vlm, rec, rows, how, log_probs, ref.ids[b], ref.mask[b], mean,
+                                                   start=start))
+
+
+def _chunked(vlm, rec: Recorded, rows: torch.Tensor, ref: Reference, b: int, measure: str, size: int, run):
+    """`run(rows[chunk], ref log-probs)` -> (kl, log p) over chunks of `size` rows, as the effect `measure`."""
     out = []
-    for first in range(0, ablated.shape[0], size):
-        kl, logprob = replay(vlm, rec, ablated[first:first + size], how, ref.log_probs[b].to(vlm.device),
-                             ref.ids[b], ref.mask[b], mean, start=start)
+    for first in range(0, rows.shape[0], size):
+        kl, logprob = run(rows[first:first + size], ref.log_probs[b].to(vlm.device))
         out.append(kl if measure == "kl" else ref.logprob[b].to(logprob.device) - logprob)
     return torch.cat(out).float()
 
@@ -41,13 +46,8 @@ def effects_kept(vlm, rec: Recorded, kept: torch.Tensor, ref: Reference, b: int,
     """[C] the effect of keeping only the image columns `kept[c]` ([C, k], on the model's device) and
     dropping the rest from `start` on (`replay_kept`: shortened sequences, so small sets are cheap)."""
     positions = kept_positions(rec, kept)
-    size = chunk or default_chunk(vlm, positions.shape[1], memory_mb)
-    out = []
-    for first in range(0, kept.shape[0], size):
-        kl, logprob = replay_kept(vlm, rec, positions[first:first + size], ref.log_probs[b].to(vlm.device),
-                                  ref.ids[b], ref.mask[b], start=start)
-        out.append(kl if measure == "kl" else ref.logprob[b].to(logprob.device) - logprob)
-    return torch.cat(out).float()
+    return _chunked(vlm, rec, positions, ref, b, measure, chunk or default_chunk(vlm, positions.shape[1], memory_mb),
+                    lambda rows, log_probs: replay_kept(vlm, rec, rows, log_probs, ref.ids[b], ref.mask[b], start=start))
 
 
 def search(vlm, rec: Recorded, lay, k: int, how: str, ref: Reference, b: int, *, start: int, step: int | None = None,

@@ -161,6 +161,16 @@ def _logits(vlm, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _score(vlm, tail: torch.Tensor, ref_log_probs: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+    """(kl [C], answer log-probability [C]) from the last decoder layer's outputs `tail` [C, steps, D]
+    at the last prompt position and the answer's positions (all but its last token)."""
+    c, steps = tail.shape[:2]
+    log_p = torch.log_softmax(_logits(vlm, tail), -1)  # [C, steps, V]
+    kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
+    taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
+    return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
+
+
 def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: torch.Tensor,
            ids: torch.Tensor, mask: torch.Tensor, image_mean: torch.Tensor | None = None, *,
            start: int | None = None, mask_from: int | None = None, prefix: int = 0):
@@ -211,11 +221,7 @@ def replay(vlm, rec: Recorded, ablated: torch.Tensor, how: str, ref_log_probs: t
         hidden = layer(hidden, **kwargs)
         if added is not None:
             hidden = hidden + added[:, prefix:]
-    steps = full - rec.prompt_len + 1
-    log_p = torch.log_softmax(_logits(vlm, hidden[:, rec.prompt_len - 1 - prefix:]), -1)  # [C, steps, V]
-    kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
-    taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
-    return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
+    return _score(vlm, hidden[:, rec.prompt_len - 1 - prefix:], ref_log_probs, ids, mask)
 
 
 def kept_positions(rec: Recorded, kept: torch.Tensor) -> torch.Tensor:
@@ -256,7 +262,4 @@ def replay_kept(vlm, rec: Recorded, positions: torch.Tensor, ref_log_probs: torc
         if added is not None:
             hidden = hidden + added[0][positions]
     steps = rec.inputs[0].shape[1] - rec.prompt_len + 1  # the last prompt token and the answer: the tail
-    log_p = torch.log_softmax(_logits(vlm, hidden[:, -steps:]), -1)
-    kl = (ref_log_probs.exp() * (ref_log_probs - log_p[:, 0])).sum(-1)
-    taken = log_p.gather(2, ids[None, :steps, None].expand(c, -1, 1).to(log_p.device))[..., 0]
-    return kl, (taken * mask[None, :steps].to(taken.device)).sum(1)
+    return _score(vlm, hidden[:, -steps:], ref_log_probs, ids, mask)
