@@ -1,6 +1,8 @@
 """A new user's first hour (issue 20): every bad argument to a public entry point is a `VTAError`
 naming the problem (the CLI: one red line, exit code 2, no traceback), and the model computes
 exactly what it did before the failed call."""
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -84,12 +86,17 @@ def test_layer_minus_one_is_the_last_layer_everywhere(demo, batch):
     assert torch.equal(logits(demo, batch), before)
 
 
-IMAGE = "data/sample/images/chelsea.jpg"
+IMAGE = str(Path(__file__).resolve().parents[1] / "data" / "sample" / "images" / "chelsea.jpg")
 CLI_CASES = {
     "prune --max-new-tokens 0": ["prune", "--image", IMAGE, "--question", "q ?", "--max-new-tokens", "0"],
     "prune missing image": ["prune", "--image", "nope.png", "--question", "q ?"],
     "prune --keep abc": ["prune", "--image", IMAGE, "--question", "q ?", "--keep", "abc"],
     "prune --knob without =": ["prune", "--image", IMAGE, "--question", "q ?", "--knob", "layer"],
+    "prune --keep 1 (one token or all?)": ["prune", "--image", IMAGE, "--question", "q ?", "--keep", "1"],
+    "prune a folder as --image": ["prune", "--image", "{tmp}", "--question", "q ?"],
+    "prune an empty question": ["prune", "--image", IMAGE, "--question", "  ", "--model", "tiny-llava"],
+    "prune --out is a folder": ["prune", "--image", IMAGE, "--question", "q ?", "--out", "{tmp}"],
+    "prune --out without an image suffix": ["prune", "--image", IMAGE, "--question", "q ?", "--out", "{tmp}/overlay"],
     "eval --batch-size 0": ["eval", "--batch-size", "0"],
     "eval --model no/such": ["eval", "--model", "no/such/model-folder"],
     "eval --device gpu0": ["eval", "--device", "gpu0"],
@@ -143,3 +150,30 @@ def test_train_demo_never_overwrites_the_shipped_weights(tmp_path):
                                        "--save-to", str(demo.WEIGHTS)])
     assert refused.exit_code == 2 and "shipped demo weights" in refused.output
     assert digest() == before
+
+
+@pytest.mark.parametrize("case, says", [("prune --keep 1 (one token or all?)", "write 1.0 to keep them all"),
+                                        ("prune a folder as --image", "is a folder, not an image file"),
+                                        ("prune an empty question", "question 0 is empty"),
+                                        ("prune --out is a folder", "pass a file name such as")])
+def test_cli_messages_name_the_fix(tmp_path, case, says):
+    """Issue 43: each of a new user's slips gets a message naming the fix, before any model runs."""
+    import subprocess
+    import sys
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in CLI_CASES[case]]
+    result = subprocess.run([sys.executable, "-m", "vtanalysis", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    words = " ".join(w for w in result.stderr.split() if w not in "│╭╮╰╯─")  # rich draws usage errors in a box
+    assert says in words
+
+
+def test_prune_writes_its_overlay_into_a_missing_folder_and_says_what_keep_meant(tmp_path):
+    out = tmp_path / "new" / "deeper" / "overlay.png"
+    result = CliRunner().invoke(app, ["prune", "--model", "tiny-llava", "--image", IMAGE, "--question", "q ?",
+                                      "--keep", "16", "--max-new-tokens", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "keep 16 tokens" in result.output
+    ratio = CliRunner().invoke(app, ["prune", "--model", "tiny-llava", "--image", IMAGE, "--question", "q ?",
+                                     "--keep", "25%", "--max-new-tokens", "2", "--out", str(out)])
+    assert ratio.exit_code == 0 and "keep ratio 0.25" in ratio.output

@@ -152,11 +152,38 @@ def _process_device(procs, device: str) -> str:
 
 
 def _parse_keep(text: str):
-    """'0.1' is a ratio, '64' a token count."""
+    """'0.25' (or '25%') is a ratio of the image tokens, '64' a token count. '1' is refused: it would keep
+    one token where '1.0' keeps them all."""
+    text = text.strip()
     try:
-        return float(text) if "." in text else int(text)
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        if "." in text:
+            return float(text)
+        count = int(text)
     except ValueError:
-        raise typer.BadParameter(f"--keep takes a ratio like 0.1 or a token count like 64, not {text!r}.")
+        raise typer.BadParameter(f"--keep takes a ratio like 0.1 (or 10%) or a token count like 64, not {text!r}.")
+    if count == 1:
+        raise typer.BadParameter("--keep 1 would keep a single image token: write 1.0 to keep them all, or a count "
+                                 "of at least 2.")
+    return count
+
+
+def _keep_words(keep) -> str:
+    """How a parsed --keep is printed: counts and ratios never look alike."""
+    return f"{keep} tokens" if isinstance(keep, int) else f"ratio {keep:g}"
+
+
+def _overlay_path(out: Path) -> Path:
+    """--out of `prune`, checked before the run: a file name with an image suffix; missing folders are made."""
+    from .errors import VTAError
+
+    if out.is_dir():
+        raise VTAError(f"--out '{out}' is a folder; pass a file name such as {out / 'overlay.png'}.")
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise VTAError(f"--out '{out}' has no image suffix; end it in .png, .pdf, .svg or .jpg.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @app.command("prune", cls=_ListsRegistered)
@@ -165,7 +192,7 @@ def prune_cmd(
     question: str = typer.Option(..., help="Question about the image."),
     model: str = typer.Option("demo", help=MODEL_HELP),
     method: str = typer.Option("fastv", help="Pruning method: {methods} (`vtanalysis methods` says what each does)."),
-    keep: str = typer.Option("0.25", help="Ratio in (0, 1] or a token count."),
+    keep: str = typer.Option("0.25", help="A ratio of the image tokens (0.25 or 25%) or a token count of at least 2 (64)."),
     layer: int = typer.Option(None, help="Pruning layer K for single-stage methods (method default if unset)."),
     knob: list[str] = typer.Option(None, help="A method option as name=value, e.g. seed=1 (repeatable; "
                                    "`vtanalysis methods` lists each method's)."),
@@ -181,24 +208,26 @@ def prune_cmd(
     from .viz.overlay import overlay_figure
 
     try:
-        vlm = load_vlm(model, device=device)
+        ratio = _parse_keep(keep)
+        out = _overlay_path(out)
         img = load_image(image)
+        vlm = load_vlm(model, device=device)
         batch = vlm.prepare([img], [question])
         knobs = {**_parse_knobs(knob), **({"layer": layer} if layer is not None else {})}
         base = prune.run(vlm, batch, "none", max_new_tokens=max_new_tokens)
-        res = prune.run(vlm, batch, method, _parse_keep(keep), max_new_tokens=max_new_tokens, **knobs)
+        res = prune.run(vlm, batch, method, ratio, max_new_tokens=max_new_tokens, **knobs)
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
     n = batch.layouts[0].n_image_tokens
-    print(f"answer ({method}, keep {keep}): {res.answers[0]}")
+    print(f"answer ({method}, keep {_keep_words(ratio)}): {res.answers[0]}")
     print(f"answer (unpruned):        {base.answers[0]}")
     for layer_k, counts in zip(res.stage_layers, res.kept_counts):
         print(f"stage at layer {layer_k}: kept {counts[0]} of {n} image tokens")
     print(f"prefill FLOPs ratio {res.flops_ratio:.3f}; prefill time {res.prefill_s:.3f}s vs {base.prefill_s:.3f}s unpruned")
     kept = res.kept[-1][0] if res.kept else base.kept[0][0] if base.kept else list(range(n))
     fig = overlay_figure(vlm, img, batch.layouts[0], kept,
-                         title=f"{method}, keep {keep}: {question}\nanswer: {res.answers[0]}")
+                         title=f"{method}, keep {_keep_words(ratio)}: {question}\nanswer: {res.answers[0]}")
     fig.savefig(out, dpi=120)
     print(f"overlay saved to {out}")
 
@@ -425,7 +454,7 @@ def eval_cmd(
     if json_out:
         print(json.dumps(result))
         return
-    print(f"{model} on {len(rows)} samples, method {method}, keep {keep}")
+    print(f"{model} on {len(rows)} samples, method {method}, keep {_keep_words(ratio)}")
     print(f"accuracy {result['accuracy']:.3f}; FLOPs ratio {result['flops_ratio']:.3f}; "
           f"prefill {result['prefill_s']:.2f}s, decode {result['decode_s']:.2f}s")
     for t, acc in result["per_type"].items():

@@ -27,6 +27,9 @@ def load_image(image) -> Image.Image:
         return upright(image)
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise ImageError(f"'{path}' is a folder, not an image file; pass one image file (PNG, JPEG, ...). "
+                             "A dataset folder goes to --data (eval, collect, figures, causal).")
         if not path.is_file():
             raise ImageError(f"image file not found: '{path}'. Pass an existing image path or a PIL.Image.")
         try:

@@ -148,6 +148,11 @@ class VLM:
         per_sample = [list(x) if isinstance(x, (list, tuple)) else [x] for x in images]
         if len(per_sample) != len(texts):
             raise PromptError(f"got {len(per_sample)} image entries for {len(texts)} prompts; give one entry per sample.")
+        if questions is not None:
+            for i, q in enumerate(texts):
+                if not isinstance(q, str) or not q.strip():
+                    raise PromptError(f"question {i} is empty: ask something about the image, e.g. "
+                                      "'what color is the triangle ?'.")
         pil = [[load_image(im) for im in ims] for ims in per_sample]
         counts = [len(ims) for ims in pil]
         grouped = self.adapter.processor_images(pil)
