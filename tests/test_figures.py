@@ -41,8 +41,10 @@ def test_every_figure_is_made_and_reruns_from_cache(demo_untrained, scenes, tmp_
     assert {r["source"] for r in findings} >= {"AdaptPrune Tab. 1", "AdaptPrune Tab. 4", "AdaFV Tab. 8", "AdaptInfer",
                                                "2411.18620", "2512.07580"}
     knock = json.loads((out / "causal_knockout.json").read_text())
-    assert set(knock["effect"]) == {"image->question", "image->last", "question->last", "image->text"}
+    assert set(knock["effect"]) == {"image->question", "image->last", "question->last", "image->text",
+                                    "object->question"}  # the scenes carry object masks
     assert all(len(rows) == knock["samples"] for rows in knock["effect"].values())
+    assert any(r is None for r in knock["effect"]["object->question"])  # count questions name no object
     assert all(r["verdict"] in ("reproduced", "refuted", "inconclusive") for r in findings)
     assert (out / "findings.md").read_text().count("\n| ") == len(findings) + 1  # header + one line per claim
 

@@ -16,6 +16,7 @@ KEEP = 0.1
 HORIZON_METHODS = ("fastv", "adaptprune", "fastervlm", "divprune", "pool")
 AGREEMENT_METHODS = tuple(m for m in METHODS if m != "random")  # random is what each is compared with
 KNOCKOUT_EDGES = ("image->question", "image->last", "question->last", "image->text")
+OBJECT_EDGE = "object->question"  # the queried object's tokens (data with object masks), 2411.18620's object level
 SAMPLES = 16  # horizon and knockout
 ORACLE_SAMPLES = 8  # agreement: one oracle search per sample
 SEEDS = 5  # random selections per sample
@@ -39,6 +40,25 @@ def _batches(ctx: Context, n: int):
     for i in range(0, len(samples), ctx.batch_size):
         part = samples[i:i + ctx.batch_size]
         yield ctx.vlm.prepare([s.image for s in part], [s.question for s in part])
+
+
+def _object_columns(ctx: Context, batches) -> list:
+    """Per sample (in batch order): the image-token columns of the queried object (more than half of
+    the token's patch inside the object's mask), or None where the data carry no mask for it."""
+    from ..analysis.saliency import relevant_tokens
+    from ..data.shapes import target_mask
+
+    out, i = [], 0
+    for batch in batches:
+        for lay in batch.layouts:
+            s = ctx.samples[i]
+            i += 1
+            if not (s.extra.get("targets") and s.extra.get("objects")):
+                out.append(None)
+                continue
+            cols = relevant_tokens(ctx.vlm, lay, target_mask(s)).nonzero().flatten()
+            out.append(cols if len(cols) else None)
+    return out
 
 
 def _runs(vlm, batch, method: str) -> bool:
@@ -72,21 +92,33 @@ def compute(ctx: Context) -> dict:
     horizon = {m: {"effect": [], "random": [], "advantage": None, "horizon": None} for m in horizon_methods}
     knock = {e: [] for e in KNOCKOUT_EDGES}  # per edge: per sample, the effect at each window start
     batches = list(_batches(ctx, SAMPLES))
+    objects = _object_columns(ctx, batches)  # per sample: the queried object's tokens, or None (no mask)
+    if any(o is not None for o in objects):
+        knock[OBJECT_EDGE] = []
     bar = _bar(ctx, len(batches) * (len(horizon_methods) + len(starts)) + min(ORACLE_SAMPLES, len(ctx.samples)),
                "causal: horizon, knockout, oracle")
+    first_sample = 0
     for batch in batches:
         ref = causal.reference(vlm, batch)
+        mine = objects[first_sample:first_sample + len(batch)]
+        first_sample += len(batch)
         for m in horizon_methods:
             h = causal.horizon(vlm, batch, m, KEEP, seeds=SEEDS, ref=ref)
             horizon[m]["effect"] += h.effect.tolist()
             horizon[m]["random"] += h.random.mean(1).tolist()
             bar.update()
+        edges = {e: e for e in KNOCKOUT_EDGES}
+        if OBJECT_EDGE in knock:
+            edges[OBJECT_EDGE] = causal.Edge([o if o is not None else torch.zeros(0, dtype=torch.long) for o in mine],
+                                             "question")
         per_start = []
         for s in starts:
-            per_start.append({e: causal.knockout(vlm, batch, e, range(s, s + k), ref=ref).kl.tolist() for e in KNOCKOUT_EDGES})
+            per_start.append({name: causal.knockout(vlm, batch, e, range(s, s + k), ref=ref).kl.tolist()
+                              for name, e in edges.items()})
             bar.update()
-        for e in KNOCKOUT_EDGES:
-            knock[e] += [[per_start[j][e][b] for j in range(len(starts))] for b in range(len(batch))]
+        for name in edges:
+            knock[name] += [None if name == OBJECT_EDGE and mine[b] is None else
+                            [per_start[j][name][b] for j in range(len(starts))] for b in range(len(batch))]
     for m, h in horizon.items():
         effect, rand = torch.tensor(h["effect"]), torch.tensor(h["random"])
         advantage = rand.mean(0) - effect.mean(0)
