@@ -273,7 +273,6 @@ def app_cmd(
     headless: bool = typer.Option(True, help="Do not open a browser window."),
 ):
     """Start the token-inspection Streamlit app (apps/inspect_tokens.py of a source checkout)."""
-    import subprocess
     import sys
 
     from .inspection import MAX_UPLOAD_MB
@@ -283,10 +282,37 @@ def app_cmd(
         console.print(f"[red]error:[/red] {page} not found; the app ships with the source checkout "
                       "(pip install -e '.[app]' from a clone).")
         raise typer.Exit(2)
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(page), "--server.port", str(port),
-                                      "--server.headless", str(headless).lower(), "--server.address", host,
-                                      "--browser.gatherUsageStats", "false",
-                                      "--server.maxUploadSize", str(MAX_UPLOAD_MB)]))
+    raise typer.Exit(_run_forwarding_signals([sys.executable, "-m", "streamlit", "run", str(page), "--server.port",
+                                             str(port), "--server.headless", str(headless).lower(), "--server.address",
+                                             host, "--browser.gatherUsageStats", "false",
+                                             "--server.maxUploadSize", str(MAX_UPLOAD_MB)]))
+
+
+def _run_forwarding_signals(cmd: list[str]) -> int:
+    """Run `cmd` as a child process and return its exit code. SIGTERM, SIGINT and SIGHUP sent to this
+    process go to the child, and the child never outlives it (terminated, then killed after 10 s):
+    stopping `vtanalysis app` by its process id stops the server it started."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(cmd)
+
+    def forward(signum, frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+    handled = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 
