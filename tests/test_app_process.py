@@ -44,6 +44,7 @@ def test_stopping_the_app_command_stops_its_server(how):
         port = s.getsockname()[1]
     parent = subprocess.Popen([sys.executable, "-m", "vtanalysis", "app", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers = []
     try:
         url = f"http://127.0.0.1:{port}/_stcore/health"
         for _ in range(240):
@@ -67,6 +68,6 @@ def test_stopping_the_app_command_stops_its_server(how):
     finally:
         if parent.poll() is None:
             parent.kill()
-        for p in servers if "servers" in dir() else []:  # never leave a server behind, even on failure
+        for p in servers:  # never leave a server behind, even on failure
             if alive(p):
                 os.kill(p, signal.SIGKILL)
