@@ -46,3 +46,20 @@ def test_methods_listing_keeps_its_columns_apart():
         spec = prune.get(name)
         assert line.startswith(name) and line[knobs_at - 2:knobs_at] == "  " and line[summary_at - 2:summary_at] == "  "
         assert line[summary_at:] == spec.summary
+
+
+def test_help_and_version_load_neither_torch_nor_transformers():
+    """Issue 43: every command took 6-8 s before anything happened, even --help and --version, because
+    `import vtanalysis` loaded torch and transformers. They load on first use now. (A command whose
+    help lists the registered methods or models still imports them to list them.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vtanalysis.cli import app\n"
+            "for args in (['--version'], ['--help'], ['app', '--help'], ['families', '--help']):\n"
+            "    try: app(args, prog_name='vtanalysis')\n"
+            "    except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -15,8 +15,6 @@ task and `report`).
 import importlib
 
 from .errors import ImageError, LayerError, PromptError, UnsupportedModelError, VTAError, WeightsError
-from .collect import AttentionRecord, record_attention
-from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 
 __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
@@ -27,7 +25,21 @@ _SUBMODULES = {"analysis", "causal", "collect", "data", "evaluate", "experiments
                "prune", "viz"}
 
 
+# names imported from their submodule on first use: `import vtanalysis` (and so `vtanalysis --help`)
+# does not load torch and transformers until something needs them
+_LAZY = {"AttentionRecord": "collect", "record_attention": "collect", "VLM": "models", "Grid": "models",
+         "TokenLayout": "models", "VLMInputs": "models", "load_vlm": "models"}
+
+
 def __getattr__(name):
     if name in _SUBMODULES:  # lazily, so `import vtanalysis` stays light (viz pulls in matplotlib)
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'vtanalysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -69,11 +69,11 @@ def main(plugin: list[str] = typer.Option(None, help="Import this module first, 
 
     import matplotlib
 
-    from .errors import VTAError
-    from .prune import plugins
-
     matplotlib.use("Agg")  # figures go to files; only an entry point chooses the backend, never the library
     if plugin:  # through the environment, so the app's server process loads them too
+        from .errors import VTAError
+        from .prune import plugins  # imports torch: only when asked (`--help` stays light)
+
         os.environ[plugins.ENV] = ",".join(filter(None, [os.environ.get(plugins.ENV, ""), *plugin]))
         try:
             plugins.load()
