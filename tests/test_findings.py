@@ -93,3 +93,19 @@ def test_causal_claims_follow_the_stated_rules():
     always_better = [[r - 1.0 for r in row] for row in random]
     assert {r["source"]: r for r in causal_rows(causal_result(early, late, always_better, random))}["2512.07580"][
         "verdict"] == "refuted"
+
+
+def test_no_inflection_on_a_model_too_shallow_to_show_one_is_not_testable_not_refuted():
+    """Issue 43: a 4-layer model has 3 layer-to-layer points, fewer than two segments of 2 need."""
+    from types import SimpleNamespace
+
+    from vtanalysis.experiments.findings import _schedule_rows, markdown
+
+    result = {"inflections": [], "samples": 40, "n_image_tokens": 144}
+    shallow = SimpleNamespace(vlm=SimpleNamespace(num_layers=4))
+    row = _schedule_rows(shallow, result)[0]
+    assert row["verdict"] == "not testable" and "3 points" in row["measured"]
+    deep = SimpleNamespace(vlm=SimpleNamespace(num_layers=16))
+    assert _schedule_rows(deep, result)[0]["verdict"] == "refuted"
+    text = markdown([row], "demo", 40)
+    assert "lower end above -0.02" in text and "**not testable**" in text  # every rule is in the file

@@ -33,6 +33,8 @@ import numpy as np
 from ..analysis.stats import mean_interval, paired, verdict
 
 KEEP = 0.1
+NOT_TESTABLE = "not testable"  # the model cannot show the phenomenon at all (e.g. too few layers)
+MIN_SEGMENT = 2  # `analysis.inflection.inflection_layers`' min_size: the fewest layers between change points
 QUESTION_ROUTE = 0.05  # image -> question must reach this share of image -> last's largest effect to be a route
 SCHEDULE_KEEP = 0.25  # an AdaptInfer budget every depth can meet (0.1 is below some first-stage floors)
 
@@ -76,7 +78,14 @@ def _schedule_rows(ctx, result: dict) -> list[dict]:
 
     found = result["inflections"]
     layers = ", ".join(f"{c['layer']} ({c['confidence']:.2f})" for c in found) or "none"
-    rows = [{"claim": "the cross-modal attention shift has inflection layers", "source": "AdaptInfer",
+    claim = "the cross-modal attention shift has inflection layers"
+    points = ctx.vlm.num_layers - 1  # the layer-to-layer curves (JS, top-k overlap) have a point per pair
+    if not found and points < 2 * MIN_SEGMENT:
+        return [{"claim": claim, "source": "AdaptInfer", "n": result["samples"],
+                 "measured": f"{ctx.vlm.num_layers} decoder layers: the layer-to-layer curves have {points} points, "
+                             f"fewer than the {2 * MIN_SEGMENT} that two segments of at least {MIN_SEGMENT} layers "
+                             "need, so no change point can be found", "verdict": NOT_TESTABLE}]
+    rows = [{"claim": claim, "source": "AdaptInfer",
              "n": result["samples"], "measured": f"inflection layers (confidence): {layers}",
              "verdict": "reproduced" if found else "refuted"}]
     if not found:
@@ -204,9 +213,16 @@ def _seed_mean(ctx, method: str) -> dict:
 
 def markdown(rows: list[dict], model: str, n: int) -> str:
     lines = [f"# Findings on {model}", "",
-             f"n = {n} held-out samples (fewer where a claim is about one question type); keep {KEEP} unless "
-             "stated; 95 % intervals in brackets, paired over the same samples for differences. "
-             "Verdicts: reproduced / refuted / inconclusive (see `vtanalysis.experiments.findings`).", "",
+             f"n = {n} held-out samples (fewer where a claim is about one question type or needs a search); keep "
+             f"{KEEP} unless stated; 95 % intervals in brackets, paired over the same samples for differences.", "",
+             "Verdicts (`vtanalysis.experiments.findings`, `vtanalysis.analysis.stats.verdict`):", "",
+             "- \"A beats B\" (A > B): **reproduced** when the whole interval of A - B is above 0, **refuted** when "
+             "it is below 0, else **inconclusive**.",
+             "- \"A at least as good as B\" (A >= B): **reproduced** when the interval excludes a deficit larger "
+             "than 0.02 (its lower end above -0.02), **refuted** when the whole interval is below 0, else "
+             "**inconclusive**.",
+             "- **not testable**: the model cannot show the phenomenon at all (the row says why).",
+             "- Rows with another rule state it in the claim (the causal rows: issue 39).", "",
              "| claim | source | n | measured | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['source']} | {r['n']} | {r['measured']} | **{r['verdict']}** |" for r in rows]
     return "\n".join(lines) + "\n"
