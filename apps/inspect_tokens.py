@@ -122,6 +122,10 @@ for col, method in zip(st.columns(len(methods)), methods):
         a, b = st.columns(2)
         a.metric("FLOPs ratio", f"{r['flops_ratio']:.3f}")
         b.metric("Prefill latency ratio", f"{r['latency_ratio']:.2f}")
+st.caption("FLOPs ratio: the pruned prefill's FLOPs over the unpruned one's (formula in `prune.flops`). Prefill "
+           "latency ratio: this run's prefill time over the unpruned one's, on this machine. On a small model or a "
+           "CPU the selection's own cost can outweigh the tokens it saves, so a CPU time is not a speed claim; "
+           "`benchmarks/` measures GPU latency.")
 
 st.header("Attention of the last prompt token over the image")
 att = cached_attention(name, image_bytes, question)

@@ -50,6 +50,7 @@ def _kept(at) -> list[str]:
 
 def test_app_shows_each_method_and_its_numbers(app):
     assert [h.value for h in app.subheader] == ["fastv", "adaptprune"]
+    assert any("a CPU time is not a speed claim" in c.value for c in app.caption)  # what the ratios mean
     assert [m.label for m in app.metric] == ["FLOPs ratio", "Prefill latency ratio"] * 2
     assert all(0 < float(m.value) < 1 for m in app.metric if m.label == "FLOPs ratio")
 
