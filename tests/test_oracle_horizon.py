@@ -136,6 +136,8 @@ def test_agreement_scores_the_method_against_the_oracle_and_random(images):
 
 @pytest.mark.parametrize("call, says", [
     (lambda v, b: causal.oracle(v, b, 1.5), "outside (0, 1]"),
+    (lambda v, b: causal.oracle(v, b, 10_000), "larger than the image"),
+    (lambda v, b: causal.oracle(v, b, 0.5, layer=9), "layer 9"),
     (lambda v, b: causal.oracle(v, b, 0.5, how="erase"), "how='erase'"),
     (lambda v, b: causal.horizon(v, b, "fastv", 0.5, seeds=0), "seeds=0"),
     (lambda v, b: causal.agreement(v, b, "nonexistent", 0.5), "nonexistent"),
@@ -143,6 +145,8 @@ def test_agreement_scores_the_method_against_the_oracle_and_random(images):
 def test_bad_arguments_are_named_errors(call, says, images):
     vlm = tiny.build("llava", seed=5, num_layers=3)
     batch = vlm.prepare(images[:1], QUESTIONS[:1])
+    before = prune.run(vlm, batch, "none", max_new_tokens=2).logits
     with pytest.raises(VTAError) as err:
         call(vlm, batch)
     assert says in str(err.value)
+    assert torch.equal(prune.run(vlm, batch, "none", max_new_tokens=2).logits, before)  # the model is intact
