@@ -177,3 +177,18 @@ def test_prune_writes_its_overlay_into_a_missing_folder_and_says_what_keep_meant
     ratio = CliRunner().invoke(app, ["prune", "--model", "tiny-llava", "--image", IMAGE, "--question", "q ?",
                                      "--keep", "25%", "--max-new-tokens", "2", "--out", str(out)])
     assert ratio.exit_code == 0 and "keep ratio 0.25" in ratio.output
+
+
+def test_an_unknown_model_name_without_a_reachable_hub_is_refused_at_once(monkeypatch):
+    """Issue 43: a mistyped model name waited half a minute of hub retries before its message; with no
+    local folder, no cached copy and no reachable hub, it is refused before any download is tried."""
+    from vtanalysis.models import loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not loading.hub_reachable()
+    tried = []
+    monkeypatch.setattr(loading.transformers.AutoConfig, "from_pretrained",
+                        lambda name, **kw: tried.append(kw) or (_ for _ in ()).throw(OSError("not cached")))
+    with pytest.raises(vta.UnsupportedModelError, match="no Hugging Face hub is reachable"):
+        load_vlm("no-such-org/no-such-model")
+    assert tried == [{"local_files_only": True}]  # only the cache was asked

@@ -54,6 +54,12 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
                        device_map=device_map)
         vlm.name = "demo"
         return vlm
+    offline = not Path(name).exists() and not _cached(name) and not hub_reachable()
+    if offline:  # say so at once: huggingface_hub would retry for half a minute before failing
+        raise UnsupportedModelError(f"cannot load a model from {name!r}: it is not a local folder, the Hugging Face "
+                                    "cache has no copy of it, and no Hugging Face hub is reachable from here "
+                                    f"({_endpoint()}). Pass a model folder (config.json + weights), download it where "
+                                    f"there is network, or use a bundled name: demo, {', '.join(tiny.NAMES)}.")
     try:
         config = transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -123,3 +129,35 @@ def check_loading(name: str, info: dict, strict: bool = True) -> None:
         raise WeightsError(message)
     warnings.warn(message, stacklevel=3)
 
+
+
+def _endpoint() -> str:
+    import os
+
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds `name`'s config (no network asked)."""
+    try:
+        transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) accepts a connection within `timeout` seconds;
+    False at once under HF_HUB_OFFLINE=1."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(_endpoint())
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
