@@ -32,7 +32,7 @@ def saliency_auc(ctx: Context) -> list[Path]:
     axes[1].axhline(0.5, color="grey", ls=":", lw=1)
     axes[1].set_ylabel("mean AUC")
     axes[1].set_title("Mean AUC per question type", fontsize=10)
-    axes[1].legend(fontsize=8, ncol=2)
+    axes[1].legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)  # below: off the bars
     fig.suptitle(f"{ctx.vlm.name}: token scores against ground-truth object masks (50% patch rule)", fontsize=10)
     paths = save(fig, ctx.out, "saliency_auc")
     flat = [{k: v for k, v in r.items() if k != "scores"} for r in rows]
