@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 
 from ..context import Context, save, write_json
 from ..registry import figure
+from ..findings import MIN_SEGMENT
 from ..statistics import inflection_result
 
 
@@ -20,7 +21,10 @@ def inflection(ctx: Context) -> list[Path]:
               "topk_overlap": "top-10% overlap, layer l-1 -> l"}
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     for ax, (name, title) in zip(axes, titles.items()):
-        ax.plot(curves["layers"], curves[name], "o-", ms=3)
+        # a layer-to-layer curve has no value at the first layer (the collector stores a placeholder there)
+        first = 0 if name == "image_mass" else 1
+        ax.plot(curves["layers"][first:], curves[name][first:], "o-", ms=3)
+        ax.set_ylim(0, 1.05 if name != "js" else max(curves[name]) * 1.15 or 1)  # from 0: small wiggles stay small
         for c in found:
             ax.axvline(c["layer"], color="crimson", ls="--", lw=1)
             ax.text(c["layer"], ax.get_ylim()[1], f" {c['layer']} ({c['confidence']:.2f})", color="crimson",
@@ -34,6 +38,9 @@ def inflection(ctx: Context) -> list[Path]:
             lines.append(f"keep {keep} (budget {result['budgets'][keep]} of {result['n_image_tokens']}):")
             lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
                          "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
+    elif ctx.vlm.num_layers - 1 < 2 * MIN_SEGMENT:  # as findings.md says: too shallow to test
+        lines = [f"not testable: {ctx.vlm.num_layers} decoder layers give", f"{ctx.vlm.num_layers - 1} layer-to-layer "
+                 f"points, fewer than", f"the {2 * MIN_SEGMENT} a change point needs"]
     else:
         lines = ["no inflection layer detected:", "no AdaptInfer schedule follows", "(use a single-stage method)"]
     axes[3].axis("off")
