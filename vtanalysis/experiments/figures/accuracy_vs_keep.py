@@ -18,32 +18,32 @@ def accuracy_vs_keep(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> 
     """Accuracy (95 % Wilson intervals) against the measured FLOPs ratio and against keep, per method."""
     rows = accuracy_rows(ctx, methods, keeps)
     base = rows[0]
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
-    for ax in axes:  # more methods than the default 10 colours: no two lines share one
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    fig, axes = plt.subplots(1, 2, figsize=(14.5, 4.4))
+    # distinct hues (tab20's pairs put two methods in two shades of one colour); baselines keep their own
+    palette = [plt.cm.tab10.colors[i] for i in (0, 1, 2, 3, 4, 6, 8, 9)] + ["navy", "olive", "teal", "crimson"]
+    fixed = {"random": "grey", "uniform": "black", "pool": "saddlebrown"}
+    others = iter(palette)
     for m in dict.fromkeys(r["method"] for r in rows[1:]):
         mine = [r for r in rows if r["method"] == m]
         style = dict(ls=":" if m in ABLATIONS else "--" if m in BASELINES else "-",
-                     color={"random": "grey", "uniform": "black", "pool": "saddlebrown"}.get(m), marker="s" if m in BASELINES else "o", ms=4)
+                     color=fixed.get(m) or next(others, None), marker="s" if m in BASELINES else "o", ms=4)
         acc = np.array([r["accuracy"] for r in mine])
         err = np.clip([acc - [r["acc_low"] for r in mine], [r["acc_high"] for r in mine] - acc], 0, None)  # rounding at p = 0, 1
         label = m + (f" (mean of {len(SEEDS)} seeds)" if "seeds" in mine[0] else "") + (" [baseline]" if m in BASELINES else "")
-        line = axes[0].errorbar([r["flops_ratio"] for r in mine], acc, yerr=err, capsize=2, lw=1.2, label=label, **style)
-        for r in mine:
-            axes[0].annotate(f"{r['keep']:g}", (r["flops_ratio"], r["accuracy"]), textcoords="offset points",
-                             xytext=(3, 3), fontsize=6, color=line[0].get_color())
+        axes[0].errorbar([r["flops_ratio"] for r in mine], acc, yerr=err, capsize=2, lw=1.2, label=label, **style)
         axes[1].errorbar([r["keep"] for r in mine], acc, yerr=err, capsize=2, lw=1.2, label=label, **style)
     for ax in axes:
         ax.axhline(base["accuracy"], color="black", ls="--", lw=1, label=f"unpruned ({base['accuracy']:.3f})")
         ax.set_ylabel("exact-match accuracy (95 % Wilson interval)")
-    axes[0].set_xlabel("measured prefill FLOPs / unpruned (point labels: keep)")
+    axes[0].set_xlabel("measured prefill FLOPs / unpruned (along each line, right to left: keep "
+                       + ", ".join(f"{k:g}" for k in sorted(keeps, reverse=True)) + ")")
     axes[0].set_title("accuracy at equal compute", fontsize=10)
     axes[1].set_xscale("log")
     axes[1].set_xticks(keeps, [f"{k:g}" for k in keeps])
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the keep ratios are labelled
     axes[1].set_xlabel("share of image tokens kept")
     axes[1].set_title("accuracy at equal keep", fontsize=10)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: no point hidden
     fig.suptitle(f"{ctx.vlm.name}: accuracy vs compute, n = {len(ctx.samples)} held-out samples per point", fontsize=10)
     paths = save(fig, ctx.out, "accuracy_vs_keep")
     paths.append(write_csv(ctx.out / "accuracy_vs_keep.csv", [{k: v for k, v in r.items() if k != "hits"} for r in rows]))
