@@ -134,6 +134,14 @@ def reference(vlm, batch, *, target: list[str] | None = None, max_new_tokens: in
     return Reference(ids, mask, logprob, torch.log_softmax(forced.step_logits[:, 0].float(), -1), answers)
 
 
+def explained(vlm, batch, ref: Reference | None, target: list[str] | None, max_new_tokens: int) -> Reference:
+    """The answer an analysis of `batch` explains: `ref` when given, else `reference(...)`; refused
+    when the prompt and answer outgrow a sliding attention window (`edges.check_lengths`)."""
+    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
+    check_lengths(vlm, batch, ref.ids)
+    return ref
+
+
 def _columns(batch, tokens) -> list[torch.Tensor]:
     """`tokens` as one sorted CPU LongTensor of image-token columns per sample, checked."""
     if len(batch) == 0:

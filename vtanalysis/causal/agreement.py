@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import VTAError
-from .ablation import Reference, reference
-from .edges import check_lengths
+from .ablation import Reference, explained
 from .importance import importance as token_importance
 from .oracle import effects_kept, search
 from .replay import record
@@ -103,8 +102,7 @@ def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, see
     if len(batch) == 0:
         raise VTAError("the batch is empty: prepare at least one sample.")
     layer = vlm.check_layer(layer, "ablation layer")
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    check_lengths(vlm, batch, ref.ids)
+    ref = explained(vlm, batch, ref, target, max_new_tokens)
     mine = method_columns(vlm, batch, method, keep, **knobs)
     along = [method_columns(vlm, batch, method, fraction, **knobs) for fraction in BUDGETS]
     scores = importance_scores if importance_scores is not None else \

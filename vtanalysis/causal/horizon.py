@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import VTAError
-from .ablation import Reference, reference
-from .edges import check_lengths
+from .ablation import Reference, explained
 from .oracle import effects_kept, search
-from .replay import record
+from .replay import each_sample, record
 from .selections import method_columns, random_columns, takes_layer
 
 MARGIN = 0.05  # the share of the random effect within which a method counts as no better than random
@@ -89,8 +88,7 @@ def horizon(vlm, batch, method: str, keep: float | int, *, seeds: int = 5, with_
         raise VTAError("the batch is empty: prepare at least one sample.")
     if seeds < 1:
         raise VTAError(f"seeds={seeds}: give at least one random selection to compare with.")
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    check_lengths(vlm, batch, ref.ids)
+    ref = explained(vlm, batch, ref, target, max_new_tokens)
     depth = vlm.num_layers
     moving = takes_layer(method)
     chosen = {l: method_columns(vlm, batch, method, keep, l if moving else None, **knobs)
@@ -102,11 +100,7 @@ def horizon(vlm, batch, method: str, keep: float | int, *, seeds: int = 5, with_
     best = torch.zeros(len(batch), depth) if with_oracle else None
     with torch.inference_mode():
         recorded = record(vlm, batch, ref, 0)
-        rows = range(len(batch))
-        if progress:
-            from tqdm.auto import tqdm
-            rows = tqdm(rows, desc=f"horizon ({method}, keep {keep})", unit="sample")
-        for b in rows:
+        for b in each_sample(batch, progress, f"horizon ({method}, keep {keep})"):
             lay, rec = batch.layouts[b], recorded[b]
             n = lay.n_image_tokens
             for l in range(depth):

@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import VTAError
-from .ablation import HOWS, Reference, reference
-from .edges import check_lengths
-from .replay import record, replay
+from .ablation import HOWS, Reference, explained
+from .replay import each_sample, record, replay
 
 MEASURES = ("kl", "logprob_drop")
 
@@ -107,17 +106,12 @@ def importance(vlm, batch, how: str = "drop", layer: int = 0, block: int = 1, me
     if len(batch) == 0:
         raise VTAError("the batch is empty: prepare at least one sample.")
     layer = vlm.check_layer(layer, "ablation layer")
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    check_lengths(vlm, batch, ref.ids)
+    ref = explained(vlm, batch, ref, target, max_new_tokens)
     widest = max(lay.n_image_tokens for lay in batch.layouts)
     out = torch.full((len(batch), widest), float("nan"))
     with torch.inference_mode():
         recorded = record(vlm, batch, ref, layer)
-        samples = range(len(batch))
-        if progress:
-            from tqdm.auto import tqdm
-            samples = tqdm(samples, desc=f"importance ({how}, layer {layer})", unit="sample")
-        for b in samples:
+        for b in each_sample(batch, progress, f"importance ({how}, layer {layer})"):
             rec, lay = recorded[b], batch.layouts[b]
             columns = candidate_columns(lay, block)
             positions = lay.image_positions.tolist()  # ok-host: the layout (a CPU tensor), once per sample

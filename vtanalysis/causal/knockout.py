@@ -7,8 +7,8 @@ through the question tokens first. The edges and how they are blocked: `causal.e
 from __future__ import annotations
 
 from ..errors import VTAError
-from .ablation import AblationResult, Reference, measure, reference
-from .edges import Knockout, check_lengths, parse_edges
+from .ablation import AblationResult, Reference, explained, measure
+from .edges import Knockout, parse_edges
 
 
 def knockout(vlm, batch, edges, layers, *, target: list[str] | None = None, ref: Reference | None = None,
@@ -32,7 +32,6 @@ def knockout(vlm, batch, edges, layers, *, target: list[str] | None = None, ref:
     parsed = parse_edges(edges, batch)
     layers = [layers] if isinstance(layers, int) else list(layers)
     layers = sorted({vlm.check_layer(l, "knockout layer") for l in layers})
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    check_lengths(vlm, batch, ref.ids)
+    ref = explained(vlm, batch, ref, target, max_new_tokens)
     return measure(vlm, batch, ref, name="knockout", contexts=lambda: [Knockout(vlm, batch, parsed, layers)],
                    answers=answers, max_new_tokens=max_new_tokens)

@@ -16,10 +16,9 @@ import torch
 
 from ..errors import VTAError
 from ..prune.budget import keep_count
-from .ablation import Reference, reference
-from .edges import check_lengths
+from .ablation import Reference, explained
 from .importance import default_chunk, image_mean
-from .replay import Recorded, kept_positions, record, replay, replay_kept
+from .replay import Recorded, each_sample, kept_positions, record, replay, replay_kept
 
 SEARCH_HOWS = ("drop", "mask", "zero", "mean")
 
@@ -99,16 +98,11 @@ def oracle(vlm, batch, keep: float | int, layer: int = 0, how: str = "drop", mea
         raise VTAError("the batch is empty: prepare at least one sample.")
     layer = vlm.check_layer(layer, "ablation layer")
     counts = [keep_count(keep, lay.n_image_tokens) for lay in batch.layouts]
-    ref = ref if ref is not None else reference(vlm, batch, target=target, max_new_tokens=max_new_tokens)
-    check_lengths(vlm, batch, ref.ids)
+    ref = explained(vlm, batch, ref, target, max_new_tokens)
     out = []
     with torch.inference_mode():
         recorded = record(vlm, batch, ref, layer)
-        samples = range(len(batch))
-        if progress:
-            from tqdm.auto import tqdm
-            samples = tqdm(samples, desc=f"oracle (keep {keep}, layer {layer})", unit="sample")
-        for b in samples:
+        for b in each_sample(batch, progress, f"oracle (keep {keep}, layer {layer})"):
             kept = search(vlm, recorded[b], batch.layouts[b], counts[b], how, ref, b, start=layer, step=step,
                           measure=measure, chunk=chunk, memory_mb=memory_mb)
             out.append(kept.cpu())  # ok-host: the result, once per sample

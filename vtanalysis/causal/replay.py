@@ -55,6 +55,15 @@ class Recorded:
     kv: dict = field(default_factory=dict)
 
 
+def each_sample(batch, progress: bool, desc: str):
+    """range(len(batch)), behind a progress bar when asked."""
+    samples = range(len(batch))
+    if progress:
+        from tqdm.auto import tqdm
+        samples = tqdm(samples, desc=desc, unit="sample")
+    return samples
+
+
 def _row(value, b: int, batch_size: int):
     """Sample b's part of a layer argument (batch dimension first; broadcast tensors as they are)."""
     if torch.is_tensor(value):
@@ -231,16 +240,19 @@ def kept_positions(rec: Recorded, kept: torch.Tensor) -> torch.Tensor:
     return torch.cat([other, rec.image_positions[kept]], 1).sort(1).values
 
 
+GATHERED = ("position_embeddings", "position_ids", "attention_mask")  # the arguments indexed by position
+
+
 def _gathered(kwargs: dict, positions: torch.Tensor) -> dict:
-    """A layer's recorded arguments for the sequences made of `positions` [C, L'] (ascending): rotary
-    tables, position ids and the mask gathered (rows and columns); no cache position (no cache)."""
-    out = {k: v for k, v in kwargs.items() if k != "cache_position"}
-    if out.get("position_embeddings") is not None:
-        out["position_embeddings"] = tuple(t[0][positions] for t in out["position_embeddings"])
-    if torch.is_tensor(out.get("position_ids")):
-        ids = out["position_ids"]
+    """The `GATHERED` arguments of a layer for the sequences made of `positions` [C, L'] (ascending):
+    rotary tables, position ids and the mask gathered (rows and columns)."""
+    out = {}
+    if kwargs.get("position_embeddings") is not None:
+        out["position_embeddings"] = tuple(t[0][positions] for t in kwargs["position_embeddings"])
+    if torch.is_tensor(kwargs.get("position_ids")):
+        ids = kwargs["position_ids"]
         out["position_ids"] = ids[..., 0, :][..., positions] if ids.dim() == 3 else ids[0][positions]
-    mask = out.get("attention_mask")
+    mask = kwargs.get("attention_mask")
     if torch.is_tensor(mask):  # None stays None: plain causal attention over an ascending order
         out["attention_mask"] = mask[0, 0][positions[:, :, None], positions[:, None, :]][:, None]
     return out
@@ -254,11 +266,15 @@ def replay_kept(vlm, rec: Recorded, positions: torch.Tensor, ref_log_probs: torc
     sequences, so a copy costs what its kept tokens cost. Returns (kl [C], answer log-probability [C])
     as `replay`."""
     start = rec.layer if start is None else start
-    c = positions.shape[0]
     hidden = rec.inputs[start - rec.layer][0][positions]  # [C, L', D]
     skip = start - rec.layer
+    gathered = {}  # layers of one type share their mask and rotary tables: gather them once per replay
     for l, kwargs, added in zip(range(start, vlm.num_layers), rec.kwargs[skip:], rec.added[skip:]):
-        hidden = vlm.decoder_layers[l](hidden, **_gathered(kwargs, positions))
+        key = tuple(id(kwargs.get(name)) for name in GATHERED)
+        if key not in gathered:
+            gathered[key] = _gathered(kwargs, positions)
+        rest = {k: v for k, v in kwargs.items() if k not in GATHERED and k != "cache_position"}  # no cache
+        hidden = vlm.decoder_layers[l](hidden, **rest, **gathered[key])
         if added is not None:
             hidden = hidden + added[0][positions]
     steps = rec.inputs[0].shape[1] - rec.prompt_len + 1  # the last prompt token and the answer: the tail

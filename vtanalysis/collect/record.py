@@ -163,7 +163,7 @@ def to_host(x: torch.Tensor) -> torch.Tensor:
     """One device-to-host transfer: into pinned memory, non-blocking, then one wait (CUDA; CPU: as
     is; other devices: a plain copy)."""
     if x.device.type != "cuda":
-        return x.cpu()
+        return x.cpu()  # ok-host: the record's one transfer, after the forward pass
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     host.copy_(x, non_blocking=True)
     torch.cuda.current_stream(x.device).synchronize()
