@@ -13,6 +13,7 @@ what the answer depends on), `vta.perf`, `vta.integrations` (the lmms-eval plugi
 task and `report`).
 """
 import importlib
+from typing import TYPE_CHECKING
 
 from .errors import ImageError, LayerError, PromptError, UnsupportedModelError, VTAError, WeightsError
 
@@ -29,6 +30,11 @@ _SUBMODULES = {"analysis", "causal", "collect", "data", "evaluate", "experiments
 # does not load torch and transformers until something needs them
 _LAZY = {"AttentionRecord": "collect", "record_attention": "collect", "VLM": "models", "Grid": "models",
          "TokenLayout": "models", "VLMInputs": "models", "load_vlm": "models"}
+
+
+if TYPE_CHECKING:  # for type checkers and the API reference (mkdocstrings reads imports, not __getattr__)
+    from .collect import AttentionRecord, record_attention
+    from .models import VLM, Grid, TokenLayout, VLMInputs, load_vlm
 
 
 def __getattr__(name):
