@@ -99,3 +99,22 @@ def test_an_unknown_option_is_an_error_naming_the_method_options(images):
     with pytest.raises(vta.VTAError, match=r"method 'fastv' has no option 'layr'; its options: layer"):
         prune.run(vlm, batch, "fastv", 0.5, layr=3)
     assert prune.get("random").knobs == ["layer", "seed"] and prune.get("adafv").knobs == ["dedupe"]
+
+
+def test_every_lazy_name_is_also_imported_for_static_readers():
+    """`vta.load_vlm` and the other lazily imported names are found by `__getattr__` at run time, but
+    mkdocstrings (the API reference) and type checkers read import statements only: each lazy name
+    must be imported from the same submodule under `if TYPE_CHECKING:` (CI's docs build failed
+    when they were not)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(vta))
+    guarded = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                if isinstance(stmt, ast.ImportFrom):
+                    guarded.update({alias.name: stmt.module for alias in stmt.names})
+    assert guarded == vta._LAZY
+    assert all(getattr(vta, name) is getattr(getattr(vta, module), name) for name, module in guarded.items())
