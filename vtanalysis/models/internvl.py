@@ -17,7 +17,6 @@ grid ("image").
 from __future__ import annotations
 
 import torch
-from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 
 from ..errors import PromptError, UnsupportedModelError
 from .adapter import Adapter, image_runs, per_sample
@@ -66,6 +65,9 @@ class InternVLAdapter(Adapter):
                     f"the sequence holds image-token runs of {runs} tokens for {n_images} image(s) of "
                     f"{per_tile} tokens per tile; each image placeholder must be expanded by the model's own "
                     "processor (pass the raw prompt).")
+            # imported here: its module needs torchvision, which a LLaVA-only environment may lack
+            # (vLLM's CPU build, where the plugin's tests run)
+            from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
             sample = []
             for n, size in zip(runs, sizes):
                 tiles = n // per_tile

@@ -338,3 +338,24 @@ def from_real_files(folder, *, seed: int = 0, device="cpu", dtype=torch.float32,
     extra = NEXT_PROCESSOR_KWARGS if adapter.model_class == "LlavaNextForConditionalGeneration" else {}
     processor = transformers.AutoProcessor.from_pretrained(folder, **extra)
     return VLM(model.eval(), processor, adapter, name=f"random-{Path(folder).name}")
+
+
+def save_published(vlm: VLM, folder) -> Path:
+    """Save `vlm` (weights, config, processor) as the released LLaVA checkpoints lay out their
+    weights, so that readers other than transformers (vLLM) load it: transformers writes the CLIP
+    tower's weights as `vision_tower.embeddings...`, the released files (and vLLM's loader) name them
+    `vision_tower.vision_model.embeddings...`. transformers reads either. Returns the folder."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    vlm.model.save_pretrained(folder)
+    vlm.processor.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} was not written (a sharded save?): save_published expects one file.")
+    state = load_file(weights)
+    renamed = {(f"vision_tower.vision_model.{k[len('vision_tower.'):]}"
+                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+               for k, v in state.items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+    return folder

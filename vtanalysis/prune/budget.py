@@ -10,42 +10,28 @@ keep = 1.0 (or n) is the unpruned model for every method: no stage runs at all.
 """
 from __future__ import annotations
 
-import math
-
 from ..errors import VTAError
-
-# A ratio times n is compared with this slack, so that keep=13/2880 gives 13, not 12.
-EPSILON = 1e-9
+from ..rules import budget as rules_budget
 
 
 def keep_count(keep: float | int, n: int, rounding: str = "floor") -> int:
-    """Tokens to keep out of `n`.
+    """Tokens to keep out of `n` (`rules.budget.keep_count`, the arithmetic the vLLM plugin shares).
 
     Args:
         keep: a ratio in (0, 1] (float) or a count in [1, n] (int).
         n: tokens available.
         rounding: how a ratio becomes a count, as the method's authors do it: "floor"
             (int(n * keep): AdaptPrune) or "round" (FastV's and FasterVLM's code); keep 0.1 of
-            LLaVA-1.5's image tokens is 57 and 58 tokens. Both tolerate floating-point error (EPSILON).
+            LLaVA-1.5's image tokens is 57 and 58 tokens.
     Returns:
         the count (at least 1).
+    Raises:
+        VTAError: `keep` is out of range or not a number.
     """
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise VTAError(f"keep must be a ratio in (0, 1] or a token count, not {keep!r}.")
-    if isinstance(keep, float):
-        if not 0.0 < keep <= 1.0:
-            raise VTAError(f"keep ratio {keep} is outside (0, 1]; pass e.g. keep=0.25, or an integer token count.")
-        if rounding == "round":
-            return max(1, min(n, round(n * keep)))
-        if rounding != "floor":
-            raise ValueError(f"rounding must be 'floor' or 'round', not {rounding!r}.")
-        return max(1, int(math.floor(n * keep + EPSILON)))
-    if keep <= 0:
-        raise VTAError(f"keep must be positive, got {keep}.")
-    if keep > n:
-        raise VTAError(f"keep={keep} tokens is larger than the image ({n} image tokens); pass at most {n} "
-                       "or a ratio in (0, 1].")
-    return keep
+    try:
+        return rules_budget.keep_count(keep, n, rounding)
+    except rules_budget.KeepError as e:
+        raise VTAError(str(e)) from None
 
 
 def keeps_everything(keep: float | int, n: int) -> bool:

@@ -8,9 +8,9 @@ per-sample random draw on the model's device).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import VTAError
+from ..rules.similarity import cosine_matrix  # noqa: F401 (methods import it from here)
 from .budget import keep_count
 from .engine import split_newlines
 
@@ -83,12 +83,6 @@ def among_patches(pick):
 def choose_first(inputs, keep, stage):
     """The first `keep` image tokens (`none` keeps all of them; VTW withdraws all: keep = 0)."""
     return torch.arange(keep, device=inputs.columns.device)
-
-
-def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
-    """[n, D] -> [n, n] cosine similarities, in float32."""
-    x = F.normalize(x.float(), dim=-1)
-    return x @ x.T
 
 
 def rule_dtype(authors_dtype) -> torch.dtype | None:

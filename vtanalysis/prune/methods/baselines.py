@@ -13,41 +13,12 @@ in proportion to their tokens (largest remainders first); LLaVA-NeXT newline tok
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..._core.scoped import scoped
+from ...rules.lattice import grid_counts, lattice, lattice_shape, pool_blocks  # noqa: F401 (the rule)
 from ..engine import split_newlines
 from ..plans import choose_first, no_stage, pre_stage
 from ..registry import Method, register
-
-
-def lattice_shape(h: int, w: int, k: int) -> tuple[int, int]:
-    r = min(h, max(1, round((k * h / w) ** 0.5)))
-    c = min(w, -(-k // r))
-    return max(r, -(-k // c)), c
-
-
-def lattice(h: int, w: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k row-major indices into the h x w grid, their indices among the r x c lattice points).
-    Host integers in, device tensors out: no round trip."""
-    k = min(k, h * w)
-    if k == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
-    r, c = lattice_shape(h, w, k)
-    rows = ((torch.arange(r, device=device) + 0.5) * h / r).long()
-    cols = ((torch.arange(c, device=device) + 0.5) * w / c).long()
-    taken = (torch.arange(k, device=device) * (r * c)) // k
-    return (rows[:, None] * w + cols[None, :]).flatten()[taken], taken
-
-
-def grid_counts(sizes: list[int], budget: int) -> list[int]:
-    """`budget` split over grids of `sizes` tokens in proportion (largest remainders first)."""
-    shares = [budget * n / sum(sizes) for n in sizes]
-    counts = [int(x) for x in shares]
-    for g in sorted(range(len(sizes)), key=lambda g: counts[g] - shares[g])[: budget - sum(counts)]:
-        counts[g] += 1
-    return counts
 
 
 def choose_uniform(inputs, keep, stage):
@@ -107,12 +78,6 @@ class PoolMerge:
         if deepstack:
             kwargs["deepstack_visual_embeds"] = deepstack
         return args, kwargs
-
-
-def pool_blocks(values: torch.Tensor, h: int, w: int, k: int, taken: torch.Tensor) -> torch.Tensor:
-    """values [h w, D] of one grid (row-major) -> [k, D]: the means of the lattice blocks taken."""
-    blocks = F.adaptive_avg_pool2d(values.T.reshape(1, -1, h, w).float(), lattice_shape(h, w, k))
-    return blocks.flatten(2)[0].T[taken]
 
 
 def prepare_pool(vlm, batch, stage, capture, crops):

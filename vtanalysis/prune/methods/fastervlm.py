@@ -4,13 +4,13 @@ head-mean, top-k of each crop's patches before the projector; LLaVA-NeXT newline
 On families without a [CLS] token the attention each patch receives stands in (`prune.vision`).
 """
 from __future__ import annotations
-from . import fastv
+from ...rules.topk import top_k
 from ..plans import among_patches, pre_stage
 from ..registry import Method, Need, register
 
 
 def pick_saliency(inputs, patches, k):
-    return fastv.select(inputs.saliency[patches], k)
+    return top_k(inputs.saliency[patches], k)
 
 
 

@@ -17,23 +17,12 @@ for the lmms-eval file's budget.
 """
 from __future__ import annotations
 
-import torch
+from ...rules.topk import top_k
 from ..plans import single_stage
 from ..registry import Method, Need, register
 
 LAYER = 2
-
-
-def select(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Top-`keep` indices of `scores`, in ascending (original sequence) order.
-
-    Args:
-        scores: [N] image-token scores (e.g. last-row attention of layer K-1).
-        keep: tokens to keep, 1 <= keep <= N.
-    Returns:
-        LongTensor [keep], sorted, no duplicates.
-    """
-    return torch.topk(scores, keep, sorted=False).indices.sort().values
+select = top_k  # the rule: top-k of the scores, in sequence order
 
 
 def choose(inputs, keep, stage):
