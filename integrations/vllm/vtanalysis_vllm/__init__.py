@@ -23,3 +23,10 @@ def register() -> None:
     for name, (path, _) in ARCHITECTURES.items():
         if name not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(name, path)
+
+
+def last_kept(llm) -> list:
+    """Per image of the engine's last encoder batch, the patch indices its kept embeddings stand for
+    (LongTensor, ascending; what `vtanalysis.prune.select` reports as kept). In-process engines
+    only (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), as `LLM.apply_model` needs."""
+    return [[k.cpu() for k in kept] for kept in llm.apply_model(lambda model: getattr(model, "last_kept", []))][0]

@@ -5,7 +5,8 @@ and only the kept projector rows.
   decides it (the prompt, the scheduler's token budget and the encoder cache all follow);
 - `_process_image_input` runs the vision tower (its feature layer also yields the [CLS] attention
   and keys when the method reads them), the projector, and returns per image the k rows
-  `select.kept_embeddings` keeps, in the order the LLM sees them.
+  `select.kept_embeddings` keeps, in the order the LLM sees them; `last_kept` holds, per image of
+  the last encoder batch, the patch indices they stand for (`vtanalysis_vllm.last_kept(llm)`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 f"served; this config has {config.vision_feature_select_strategy!r} and "
                 f"{config.vision_feature_layer!r}.")
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.last_kept: list[torch.Tensor] = []
 
     def _process_image_input(self, image_input):
         if isinstance(image_input, LlavaImageEmbeddingInputs):
@@ -72,9 +74,11 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         grid = grid_of(self.config)
         n = features.shape[1] - 1
         k = self.vta.count(n)
-        out = []
+        out, self.last_kept = [], []
         for b in range(features.shape[0]):
-            out.append(kept_embeddings(method, k, self.multi_modal_projector, features[b, 1:], grid, cls=features[b, 0],
-                                       saliency=captured["saliency"][b] if captured else None,
-                                       keys=captured["keys"][b] if captured else None))
+            embeds, kept = kept_embeddings(method, k, self.multi_modal_projector, features[b, 1:], grid,
+                                           cls=features[b, 0], saliency=captured["saliency"][b] if captured else None,
+                                           keys=captured["keys"][b] if captured else None)
+            out.append(embeds)
+            self.last_kept.append(kept)
         return tuple(out)

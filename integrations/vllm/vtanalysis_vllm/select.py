@@ -17,11 +17,15 @@ from .rules import divprune, lattice, topk, visionzip
 
 def kept_embeddings(method: str, k: int, projector, patches: torch.Tensor, grid: tuple[int, int], *,
                     cls: torch.Tensor | None = None, saliency: torch.Tensor | None = None,
-                    keys: torch.Tensor | None = None) -> torch.Tensor:
-    """The k embeddings `method` keeps of one crop (all n, projected, when k >= n)."""
+                    keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the k embeddings `method` keeps of one crop [k, D], the patches they stand for [k'] ascending).
+
+    The patches are what `vtanalysis.prune.select` reports as kept: every patch when k >= n; for
+    VisionZip the dominant patches and the contextual targets (its [CLS] row stands for no patch,
+    so k' = k - 1)."""
     n = patches.shape[0]
     if k >= n:
-        return projector(patches)
+        return projector(patches), torch.arange(n, device=patches.device)
     if method == "visionzip":
         # [CLS], the dominant patches ascending, then each contextual target's merged feature
         choice = visionzip.select(saliency, keys, k)
@@ -29,18 +33,20 @@ def kept_embeddings(method: str, k: int, projector, patches: torch.Tensor, grid:
         parts = [cls[None], patches[dominant]]
         if len(choice.targets):
             parts.append(visionzip.merge(patches, choice.owner, choice.targets))
-        return projector(torch.cat(parts))
+        return projector(torch.cat(parts)), choice.order[1:].sort().values
     if method == "fastervlm":
-        return projector(patches[topk.top_k(saliency, k)])
+        kept = topk.top_k(saliency, k)
+        return projector(patches[kept]), kept
     embeds = projector(patches)
     if method == "divprune":
-        return embeds[divprune.divprune(embeds, k).sort().values]
+        kept = divprune.divprune(embeds, k).sort().values
+        return embeds[kept], kept
     h, w = grid
     points, taken = lattice.lattice(h, w, k, embeds.device)
     if method == "uniform":
-        return embeds[points]
+        return embeds[points], points
     if method == "pool":
-        return lattice.pool_blocks(embeds, h, w, k, taken).to(embeds.dtype)
+        return lattice.pool_blocks(embeds, h, w, k, taken).to(embeds.dtype), points
     raise ValueError(f"vtanalysis-vllm: no rule for method {method!r}")
 
 
