@@ -10,7 +10,8 @@ Submodules reachable as attributes (imported on first use): `vta.prune` (methods
 `select`, `register`), `vta.analysis`, `vta.viz`, `vta.models` (`vta.models.tiny`), `vta.collect`,
 `vta.data`, `vta.evaluate`, `vta.experiments` (the figures pipeline), `vta.causal` (ablations:
 what the answer depends on), `vta.perf`, `vta.integrations` (the lmms-eval plugin, its offline
-task and `report`).
+task and `report`), `vta.rules` (the pre-LLM methods' selection rules, torch only: the vLLM
+plugin runs them too).
 """
 import importlib
 from typing import TYPE_CHECKING
@@ -21,9 +22,9 @@ __version__ = "0.1.0"
 __all__ = ["AttentionRecord", "record_attention", "VLM", "Grid", "TokenLayout", "VLMInputs", "load_vlm",
            "VTAError", "ImageError", "LayerError", "PromptError", "UnsupportedModelError", "WeightsError",
            "analysis", "causal", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf", "prune",
-           "viz"]
+           "rules", "viz"]
 _SUBMODULES = {"analysis", "causal", "collect", "data", "evaluate", "experiments", "integrations", "models", "perf",
-               "prune", "viz"}
+               "prune", "rules", "viz"}
 
 
 # names imported from their submodule on first use: `import vtanalysis` (and so `vtanalysis --help`)

@@ -41,7 +41,7 @@ def select(saliency: torch.Tensor, keys: torch.Tensor, keep: int, *, contextual:
     """Choose one crop's dominant and contextual tokens (steps 1-3, 5 of the module docstring).
 
     Args:
-        saliency: [n] [CLS] attention per patch.
+        saliency: [n], the [CLS] attention of each patch.
         keys: [n, d] head-mean keys of the same layer, the similarity metric.
         keep: budget, 1 <= keep; keep >= n keeps the crop whole (no [CLS], nothing merged).
         contextual: contextual token count (default round(keep * 10 / 64)).
