@@ -1,53 +1,107 @@
-"""One image's (or crop's) kept embeddings, in the order the LLM sees them, by the same rules
-`vtanalysis.prune` runs (`rules/`, shipped with this package from the vtanalysis source tree).
+"""One image's kept embeddings, in the order the LLM sees them, by the same rules `vtanalysis.prune`
+runs (`rules/`, shipped with this package from the vtanalysis source tree), with the same budgets:
+each crop keeps the method's count of the tower's patches (at most what unpadding left it), newline
+tokens are kept on top (`vtanalysis.prune.run._crop_budgets`).
 
-Shapes, for a crop of n = h x w patches kept to k tokens:
-    patches [n, Dv]  the vision tower's feature-layer output of the patch tokens
-    cls [Dv]         the [CLS] token's feature there (VisionZip)
-    saliency [n]     the [CLS] query's softmax attention to each patch, head-mean (FasterVLM, VisionZip)
-    keys [n, d]      the patches' keys at that layer, head-mean (VisionZip)
-    -> [k, D]        projector rows; positions are renumbered by vLLM, as `positions="renumber"` does
+Shapes, for an image of T crops of P patches packed into N rows (`packing.Packing`):
+    embeds [N, D]        the projector rows vLLM would place in the prompt (newline rows included)
+    features [T, P, Dv]  the vision tower's feature-layer output of each crop's patches
+    cls [T, Dv]          each crop's [CLS] feature there (VisionZip)
+    saliency [T, P]      the [CLS] query's softmax attention to each patch, head-mean (FasterVLM, VisionZip)
+    keys [T, P, d]       the patches' keys at that layer, head-mean (VisionZip)
+    -> ([k, D], kept rows [k'] ascending): vLLM numbers the shortened prompt consecutively, which is
+       the methods' `positions="renumber"`.
 """
 from __future__ import annotations
 
 import torch
 
+from .packing import Packing
 from .rules import divprune, lattice, topk, visionzip
+from .settings import Settings
 
 
-def kept_embeddings(method: str, k: int, projector, patches: torch.Tensor, grid: tuple[int, int], *,
-                    cls: torch.Tensor | None = None, saliency: torch.Tensor | None = None,
-                    keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the k embeddings `method` keeps of one crop [k, D], the patches they stand for [k'] ascending).
+def crop_budgets(settings: Settings, packing: Packing) -> list[int]:
+    """Tokens kept of each crop: a ratio keeps the method's rounding of keep x the tower's patch count,
+    a count is split evenly over the crops; never more than the crop has after unpadding."""
+    crops = packing.crops
+    keep = settings.keep
+    share = keep if isinstance(keep, float) else max(1, keep // len(crops))
+    budget = share if isinstance(share, float) else min(share, packing.n_patches)
+    return [min(settings.count_of(budget, packing.n_patches), len(rows)) for rows in crops]
 
-    The patches are what `vtanalysis.prune.select` reports as kept: every patch when k >= n; for
-    VisionZip the dominant patches and the contextual targets (its [CLS] row stands for no patch,
-    so k' = k - 1)."""
-    n = patches.shape[0]
-    if k >= n:
-        return projector(patches), torch.arange(n, device=patches.device)
+
+def kept_count(settings: Settings, packing: Packing) -> int:
+    """The image's token count after pruning: the crops' budgets plus its newline tokens."""
+    return sum(crop_budgets(settings, packing)) + len(packing.newlines)
+
+
+def kept_embeddings(settings: Settings, packing: Packing, embeds: torch.Tensor, projector, *,
+                    features: torch.Tensor | None = None, cls: torch.Tensor | None = None,
+                    saliency: torch.Tensor | None = None, keys: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the embeddings `settings.method` keeps [k, D], the rows they stand for [k'] ascending: what
+    `vtanalysis.prune.select` reports as kept, in sequence order; for VisionZip a crop's [CLS] row
+    stands for no row, so k' = k minus the reduced crops)."""
+    device = embeds.device
+    crops = [c.to(device) for c in packing.crops]
+    newlines = packing.newlines.to(device)
+    budgets = crop_budgets(settings, packing)
+    if all(k >= len(rows) for rows, k in zip(crops, budgets)):
+        every = torch.arange(len(embeds), device=device)
+        return embeds, every
+    method = settings.method
     if method == "visionzip":
-        # [CLS], the dominant patches ascending, then each contextual target's merged feature
-        choice = visionzip.select(saliency, keys, k)
-        dominant = choice.order[1:k - len(choice.targets)]
-        parts = [cls[None], patches[dominant]]
-        if len(choice.targets):
-            parts.append(visionzip.merge(patches, choice.owner, choice.targets))
-        return projector(torch.cat(parts)), choice.order[1:].sort().values
+        return _visionzip(packing, crops, budgets, newlines, embeds, projector, features, cls, saliency, keys)
     if method == "fastervlm":
-        kept = topk.top_k(saliency, k)
-        return projector(patches[kept]), kept
-    embeds = projector(patches)
-    if method == "divprune":
-        kept = divprune.divprune(embeds, k).sort().values
-        return embeds[kept], kept
-    h, w = grid
-    points, taken = lattice.lattice(h, w, k, embeds.device)
-    if method == "uniform":
-        return embeds[points], points
-    if method == "pool":
-        return lattice.pool_blocks(embeds, h, w, k, taken).to(embeds.dtype), points
+        codes = packing.codes.to(device)
+        picked = [rows[topk.top_k(saliency.flatten()[codes[rows]], k)] for rows, k in zip(crops, budgets) if k > 0]
+        rows = torch.cat([newlines, *picked]).sort().values
+        return embeds[rows], rows
+    total = sum(budgets) + len(newlines)
+    if method == "divprune":  # over every token the LLM would receive, newlines too (the authors' code)
+        rows = divprune.divprune(embeds, total).sort().values
+        return embeds[rows], rows
+    if method in ("uniform", "pool"):
+        grids = [(rows.to(device), h, w) for rows, h, w in packing.grids]
+        counts = lattice.grid_counts([h * w for _, h, w in grids], total - len(newlines))
+        out = embeds.clone() if method == "pool" else embeds
+        picked = []
+        for (rows, h, w), k in zip(grids, counts):
+            points, taken = lattice.lattice(h, w, k, device)
+            if not len(points):
+                continue
+            picked.append(rows[points])
+            if method == "pool":
+                out[rows[points]] = lattice.pool_blocks(embeds[rows], h, w, k, taken).to(out.dtype)
+        rows = torch.cat([newlines, *picked]).sort().values
+        return out[rows], rows
     raise ValueError(f"vtanalysis-vllm: no rule for method {method!r}")
+
+
+def _visionzip(packing, crops, budgets, newlines, embeds, projector, features, cls, saliency, keys):
+    """Per crop in turn: [CLS], the dominant patches ascending, the contextual targets' merged
+    features; then the newline tokens (`vtanalysis.prune.methods.visionzip.choose`)."""
+    codes = packing.codes.to(embeds.device)
+    parts, kept = [], [newlines]
+    for rows, k in zip(crops, budgets):
+        if k == 0:
+            continue
+        if k >= len(rows):
+            parts.append(embeds[rows])
+            kept.append(rows)
+            continue
+        # the crop's index as a 1-element tensor: a 0-dim one would be read back to the host
+        crop, patch = codes[rows[:1]] // packing.n_patches, codes[rows] % packing.n_patches
+        choice = visionzip.select(saliency.index_select(0, crop)[0][patch], keys.index_select(0, crop)[0][patch], k)
+        dominant = choice.order[1:k - len(choice.targets)]
+        parts += [projector(cls.index_select(0, crop)), embeds[rows[dominant]]]
+        if len(choice.targets):
+            merged = visionzip.merge(features.index_select(0, crop)[0][patch], choice.owner, choice.targets)
+            parts.append(projector(merged))
+        kept.append(rows[choice.order[1:]])
+    parts.append(embeds[newlines])
+    return torch.cat(parts), torch.cat(kept).sort().values
 
 
 def cls_attention(query: torch.Tensor, key: torch.Tensor, heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,11 @@ class Settings:
 
     def count(self, n: int) -> int:
         """Tokens kept of an image (or crop) of `n` tokens."""
-        return keep_count(self.keep, n, ROUNDING[self.method])
+        return self.count_of(self.keep, n)
+
+    def count_of(self, keep: float | int, n: int) -> int:
+        """Tokens kept of `n` for a given `keep` (a crop's share of the image's), by the method's rounding."""
+        return keep_count(keep, n, ROUNDING[self.method])
 
 
 def read(hf_config, architecture: str, model_types: tuple[str, ...]) -> Settings:
