@@ -23,13 +23,22 @@ def realproc(name: str) -> Path:
     pytest.skip(f"the released processor files ({name}) are not here: ../shared/realproc")
 
 
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory):
-    """A random-weight LLaVA-1.5 on the released config and processor (hidden 128: vLLM's CPU
-    attention needs head_dim >= 32), saved under the released weight names for vLLM's loader."""
-    vlm = vta.models.tiny.from_real_files(realproc("llava-1.5-7b-hf"), hidden=128, layers=2, heads=4)
-    folder = vta.models.tiny.save_published(vlm, tmp_path_factory.mktemp("tiny-llava"))
-    return vta.load_vlm(str(folder)), folder
+# family -> (released files, the plugin's architecture, the test image's size: LLaVA-NeXT's
+# 500 x 300 gives 2 x 3 tiles, unpadded to fewer rows)
+FAMILIES = {"llava": ("llava-1.5-7b-hf", "VtanalysisLlava", None),
+            "llava_next": ("llava-v1.6-mistral-7b-hf", "VtanalysisLlavaNext", (500, 300))}
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def tiny(request, tmp_path_factory):
+    """(family, vlm, folder, architecture, image): a random-weight model on the released config and
+    processor (hidden 128: vLLM's CPU attention needs head_dim >= 32), saved under the released
+    weight names for vLLM's loader, and the scene it is asked about."""
+    files, architecture, size = FAMILIES[request.param]
+    vlm = vta.models.tiny.from_real_files(realproc(files), hidden=128, layers=2, heads=4)
+    folder = vta.models.tiny.save_published(vlm, tmp_path_factory.mktemp(request.param))
+    image = Image.open(SCENE).convert("RGB")
+    return request.param, vta.load_vlm(str(folder)), folder, architecture, image.resize(size) if size else image
 
 
 @pytest.fixture(scope="session")

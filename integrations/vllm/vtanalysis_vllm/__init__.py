@@ -5,13 +5,14 @@ Switched on per engine by naming a pruned architecture and the method:
     LLM("llava-hf/llava-1.5-7b-hf",
         hf_overrides={"architectures": ["VtanalysisLlava"], "vtanalysis": {"method": "divprune", "keep": 0.25}})
 
-or `vllm serve ... --hf-overrides '{"architectures": ["VtanalysisLlava"], "vtanalysis": {...}}'`. Engines
-that do not name the architecture are untouched. Methods: uniform, pool, divprune, fastervlm,
+or `vllm serve ... --hf-overrides '{"architectures": ["VtanalysisLlava"], "vtanalysis": {...}}'`
+(`VtanalysisLlavaNext` for LLaVA-NeXT). Engines that do not name the architecture are untouched. Methods: uniform, pool, divprune, fastervlm,
 visionzip; the selection rules are `vtanalysis.rules`, the same functions `vtanalysis.prune` runs.
 """
 ARCHITECTURES = {
     # name -> (class path, the model_types it serves)
     "VtanalysisLlava": ("vtanalysis_vllm.llava:PrunedLlavaForConditionalGeneration", ("llava",)),
+    "VtanalysisLlavaNext": ("vtanalysis_vllm.llava_next:PrunedLlavaNextForConditionalGeneration", ("llava_next",)),
 }
 
 
