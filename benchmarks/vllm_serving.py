@@ -12,7 +12,7 @@ a tiny random-weight LLaVA-1.5 built on the released config and processor (vtana
 without its dependencies, and `../shared/realproc`); on a GPU name a released model:
 
     VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/vllm_serving.py [--model llava-hf/llava-1.5-7b-hf --dtype bfloat16]
-        [--method divprune] [--keeps 0.5 0.25 0.1] [--requests 16] [--repeats 5]
+        [--methods divprune uniform] [--keeps 0.5 0.25 0.1] [--requests 16] [--repeats 5]
 
 A CPU time is not a speed claim: on the tiny model the vision tower and the engine's own overhead
 weigh far more than on a 7B model; the table says what the plugin changes, measured.
@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="a model folder or hub name (default: the tiny LLaVA-1.5)")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--method", default="divprune")
+    ap.add_argument("--methods", nargs="+", default=["divprune", "uniform"])
     ap.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=16)
@@ -87,9 +87,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         images = [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8)) for _ in range(a.requests)]
         rows = [("unpruned", measure(model, a.dtype, None, images, a.repeats, a.new_tokens))]
-        for keep in a.keeps:
-            overrides = {"architectures": ["VtanalysisLlava"], "vtanalysis": {"method": a.method, "keep": keep}}
-            rows.append((f"{a.method} {keep:g}", measure(model, a.dtype, overrides, images, a.repeats, a.new_tokens)))
+        for method in a.methods:
+            for keep in a.keeps:
+                overrides = {"architectures": ["VtanalysisLlava"], "vtanalysis": {"method": method, "keep": keep}}
+                rows.append((f"{method} {keep:g}", measure(model, a.dtype, overrides, images, a.repeats, a.new_tokens)))
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (not a speed claim)"
     print(f"model {a.model or 'tiny LLaVA-1.5 (random weights, hidden 128, 2 layers)'}, {a.dtype}, device {device}; "

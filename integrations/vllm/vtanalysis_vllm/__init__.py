@@ -6,8 +6,9 @@ Switched on per engine by naming a pruned architecture and the method:
         hf_overrides={"architectures": ["VtanalysisLlava"], "vtanalysis": {"method": "divprune", "keep": 0.25}})
 
 or `vllm serve ... --hf-overrides '{"architectures": ["VtanalysisLlava"], "vtanalysis": {...}}'`
-(`VtanalysisLlavaNext` for LLaVA-NeXT). Engines that do not name the architecture are untouched. Methods: uniform, pool, divprune, fastervlm,
-visionzip; the selection rules are `vtanalysis.rules`, the same functions `vtanalysis.prune` runs.
+(`VtanalysisLlavaNext` for LLaVA-NeXT). Engines that do not name the architecture are untouched.
+Methods: uniform, pool, divprune, fastervlm, visionzip; the selection rules are `vtanalysis.rules`,
+the same functions `vtanalysis.prune` runs.
 """
 ARCHITECTURES = {
     # name -> (class path, the model_types it serves)
