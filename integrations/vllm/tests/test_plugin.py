@@ -112,3 +112,11 @@ def test_a_family_the_plugin_does_not_cover_is_named():
     with pytest.raises(settings.SettingsError, match="'qwen2_vl', which the plugin does not cover; covered: llava, "
                                                      "llava_next"):
         settings.read(Qwen(), "VtanalysisLlava", ("llava",))
+
+
+def test_every_pre_llm_method_is_served_or_refused_with_a_reason():
+    """The registry's pre-LLM methods (the only ones a serving engine could run before its LLM) are
+    each served or named in the refusals with a reason; the in-LLM ones are neither."""
+    pre = {name for name in vta.prune.methods() if vta.prune.get(name).where == "pre"}
+    assert pre == set(settings.ROUNDING) | set(settings.REFUSED)
+    assert not set(settings.ROUNDING) & set(settings.REFUSED)
