@@ -15,19 +15,9 @@ from ..rules import budget as rules_budget
 
 
 def keep_count(keep: float | int, n: int, rounding: str = "floor") -> int:
-    """Tokens to keep out of `n` (`rules.budget.keep_count`, the arithmetic the vLLM plugin shares).
-
-    Args:
-        keep: a ratio in (0, 1] (float) or a count in [1, n] (int).
-        n: tokens available.
-        rounding: how a ratio becomes a count, as the method's authors do it: "floor"
-            (int(n * keep): AdaptPrune) or "round" (FastV's and FasterVLM's code); keep 0.1 of
-            LLaVA-1.5's image tokens is 57 and 58 tokens.
-    Returns:
-        the count (at least 1).
-    Raises:
-        VTAError: `keep` is out of range or not a number.
-    """
+    """Tokens to keep out of `n`: `vtanalysis.rules.budget.keep_count` (keep a ratio in (0, 1] or a
+    count in [1, n]; rounding "floor" or "round", the method's authors'), whose errors become
+    `VTAError` here."""
     try:
         return rules_budget.keep_count(keep, n, rounding)
     except rules_budget.KeepError as e:

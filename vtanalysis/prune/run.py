@@ -11,6 +11,7 @@ import torch
 import transformers
 
 from ..errors import MethodError, VTAError
+from ..rules.budget import crop_budgets
 from .._core.scoped import scoped
 from .budget import average_tokens, keeps_everything
 from .engine import Pruner, Stage, check_window
@@ -83,16 +84,9 @@ def _stages(vlm, batch, method, keep, knobs, crops=None) -> list[Stage]:
 
 
 def _crop_budgets(vlm, method, keep, knobs, crops) -> list[int]:
-    """Tokens a pre-LLM method keeps of each crop (the authors' per-crop top-T): a ratio keeps the
-    method's rounding of keep x the crop's full token count, a count is split evenly over the crops;
-    never more than the crop has (LLaVA-NeXT's unpadding leaves tiles fewer)."""
-    full = full_crop_tokens(vlm, crops)
-    share = keep if isinstance(keep, float) else max(1, keep // len(crops))
-    out = []
-    for n, cols in zip(full, crops):
-        budget = share if isinstance(share, float) else min(share, n)
-        out.append(min(method.plan(vlm, n, budget, **knobs)[0][1], len(cols)))
-    return out
+    """Tokens a pre-LLM method keeps of each crop, by `rules.budget.crop_budgets` with the method's plan."""
+    return crop_budgets(keep, full_crop_tokens(vlm, crops), [len(cols) for cols in crops],
+                        lambda k, n: method.plan(vlm, n, k, **knobs)[0][1])
 
 
 def _grid_coords(layout, columns: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -3,6 +3,7 @@ what `keep` means for every method; this is the arithmetic, shared with the vLLM
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 # A ratio times n is compared with this slack, so that keep=13/2880 gives 13, not 12.
 EPSILON = 1e-9
@@ -42,3 +43,15 @@ def keep_count(keep: float | int, n: int, rounding: str = "floor") -> int:
         raise KeepError(f"keep={keep} tokens is larger than the image ({n} image tokens); pass at most {n} "
                         "or a ratio in (0, 1].")
     return keep
+
+
+def crop_budgets(keep: float | int, full: list[int], available: list[int],
+                 count: Callable[[float | int, int], int]) -> list[int]:
+    """Tokens a pre-LLM method keeps of each crop (an image; a LLaVA-NeXT base image or tile), the
+    authors' per-crop top-T: a ratio keeps `count(keep, full[c])` (the method's rounding of keep x the
+    crop's full token count), a token count is split evenly over the crops; never more than the crop
+    has (`available[c]`: LLaVA-NeXT's unpadding leaves tiles fewer).
+
+    count: (keep, n) -> the method's count of n tokens for that keep."""
+    share = keep if isinstance(keep, float) else max(1, keep // len(full))
+    return [min(count(share if isinstance(share, float) else min(share, n), n), left) for n, left in zip(full, available)]

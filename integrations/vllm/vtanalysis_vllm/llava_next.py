@@ -19,8 +19,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from . import settings as settings_module
 from .llava import side_of
 from .packing import Packing
-from .select import kept_count, kept_embeddings
-from .tower import check_config, run_tower
+from .pruned import PrunedImages
+from .select import kept_count
+from .tower import run_tower
 
 ARCHITECTURE = "VtanalysisLlavaNext"
 MODEL_TYPES = ("llava_next",)
@@ -56,31 +57,19 @@ class PrunedLlavaNextProcessingInfo(LlavaNextProcessingInfo):
 
 @MULTIMODAL_REGISTRY.register_processor(LlavaNextMultiModalProcessor, info=PrunedLlavaNextProcessingInfo,
                                         dummy_inputs=LlavaDummyInputsBuilder)
-class PrunedLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        config = vllm_config.model_config.hf_config
-        self.vta = settings_module.read(config, ARCHITECTURE, MODEL_TYPES)  # fails before any weight is made
-        check_config(config)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.last_kept: list[torch.Tensor] = []
+class PrunedLlavaNextForConditionalGeneration(PrunedImages, LlavaNextForConditionalGeneration):
+    ARCHITECTURE, MODEL_TYPES, EMBEDDING_INPUTS = ARCHITECTURE, MODEL_TYPES, LlavaNextImageEmbeddingInputs
 
-    def _process_image_input(self, image_input):
-        if isinstance(image_input, LlavaNextImageEmbeddingInputs):
-            raise ValueError("vtanalysis-vllm: image embeddings passed in are served as given, unpruned; "
-                             "pass images to prune them.")
+    def _images(self, image_input):
         pixels = image_input["pixel_values"]
         per_image = list(pixels) if isinstance(pixels, torch.Tensor) else pixels  # [crops_i, 3, H, W] each
         tower = run_tower(self.vision_tower, torch.cat(per_image), self.vta.method)
         embeds = self.multi_modal_projector(tower["features"])  # [V, P, D]
         sizes = image_input["image_sizes"]  # [images, 2] (height, width), kept on the CPU by vLLM
-        out, self.last_kept, start = [], [], 0
+        start = 0
         for i, crops in enumerate(per_image):
             span = slice(start, start + crops.shape[0])
             start = span.stop
             packed = self._merge_image_patch_embeddings(sizes[i], embeds[span], strategy="spatial_unpad")
             height, width = sizes[i].tolist()  # ok-host: a CPU tensor
-            rows, kept = kept_embeddings(self.vta, packing_of(self.config, height, width), packed,
-                                         self.multi_modal_projector, **{k: v[span] for k, v in tower.items()})
-            out.append(rows)
-            self.last_kept.append(kept)
-        return out
+            yield packing_of(self.config, height, width), packed, {k: v[span] for k, v in tower.items()}

@@ -9,6 +9,7 @@ row closed by a newline). Built on the host from sizes: no device work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -27,12 +28,12 @@ class Packing:
         """LLaVA-1.5: one crop, its patches in row-major order."""
         return cls(torch.arange(side * side), side * side, side)
 
-    @property
+    @cached_property
     def newlines(self) -> torch.Tensor:
         """Rows of the newline tokens, ascending."""
         return (self.codes < 0).nonzero().flatten()  # ok-host: CPU codes, before the pass
 
-    @property
+    @cached_property
     def crops(self) -> list[torch.Tensor]:
         """Per crop present (ascending), the rows of its patches, ascending."""
         crop = torch.where(self.codes >= 0, self.codes // self.n_patches, -1)

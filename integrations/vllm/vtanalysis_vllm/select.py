@@ -1,7 +1,7 @@
 """One image's kept embeddings, in the order the LLM sees them, by the same rules `vtanalysis.prune`
 runs (`rules/`, shipped with this package from the vtanalysis source tree), with the same budgets:
 each crop keeps the method's count of the tower's patches (at most what unpadding left it), newline
-tokens are kept on top (`vtanalysis.prune.run._crop_budgets`).
+tokens are kept on top (`rules.budget.crop_budgets`).
 
 Shapes, for an image of T crops of P patches packed into N rows (`packing.Packing`):
     embeds [N, D]        the projector rows vLLM would place in the prompt (newline rows included)
@@ -17,18 +17,14 @@ from __future__ import annotations
 import torch
 
 from .packing import Packing
-from .rules import divprune, lattice, topk, visionzip
+from .rules import budget, divprune, lattice, topk, visionzip
 from .settings import Settings
 
 
 def crop_budgets(settings: Settings, packing: Packing) -> list[int]:
-    """Tokens kept of each crop: a ratio keeps the method's rounding of keep x the tower's patch count,
-    a count is split evenly over the crops; never more than the crop has after unpadding."""
-    crops = packing.crops
-    keep = settings.keep
-    share = keep if isinstance(keep, float) else max(1, keep // len(crops))
-    budget = share if isinstance(share, float) else min(share, packing.n_patches)
-    return [min(settings.count_of(budget, packing.n_patches), len(rows)) for rows in crops]
+    """Tokens kept of each crop (`rules.budget.crop_budgets`, as `vtanalysis.prune` budgets them)."""
+    return budget.crop_budgets(settings.keep, [packing.n_patches] * len(packing.crops),
+                               [len(rows) for rows in packing.crops], settings.count_of)
 
 
 def kept_count(settings: Settings, packing: Packing) -> int:
