@@ -139,16 +139,18 @@ def test_train_demo_never_overwrites_the_shipped_weights(tmp_path):
     from vtanalysis.models import demo
 
     def digest():
-        return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(demo.WEIGHTS.iterdir()) if p.is_file()}
+        return {str(p): hashlib.sha1(p.read_bytes()).hexdigest()
+                for folder in (demo.WEIGHTS, demo.SMALL_WEIGHTS) for p in sorted(folder.rglob("*")) if p.is_file()}
 
     before = digest()
     result = CliRunner().invoke(app, ["train-demo", "--recipe", "small", "--steps", "2", "--vision-steps", "2", "--batch-size", "4",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model" / "config.json").is_file()
-    refused = CliRunner().invoke(app, ["train-demo", "--steps", "0", "--vision-steps", "0", "--out", str(tmp_path / "r2"),
-                                       "--save-to", str(demo.WEIGHTS)])
-    assert refused.exit_code == 2 and "shipped demo weights" in refused.output
+    for shipped in (demo.WEIGHTS, demo.SMALL_WEIGHTS):  # `demo` and `demo-small`
+        refused = CliRunner().invoke(app, ["train-demo", "--steps", "0", "--vision-steps", "0", "--out",
+                                           str(tmp_path / "r2"), "--save-to", str(shipped)])
+        assert refused.exit_code == 2 and "shipped demo weights" in refused.output
     assert digest() == before
 
 

@@ -109,3 +109,25 @@ def test_no_inflection_on_a_model_too_shallow_to_show_one_is_not_testable_not_re
     assert _schedule_rows(deep, result)[0]["verdict"] == "refuted"
     text = markdown([row], "demo", 40)
     assert "lower end above -0.02" in text and "**not testable**" in text  # every rule is in the file
+
+
+def test_a_change_point_the_control_shares_is_not_a_finding():
+    """Issue 42: an inflection at a layer where the model before training (the control) already has one
+    comes from how the model was made; it is reported apart, never as the AdaptInfer finding, and the
+    schedule row is built only from the model's own change points."""
+    from types import SimpleNamespace
+
+    from vtanalysis.experiments.findings import _schedule_rows
+
+    ctx = SimpleNamespace(vlm=SimpleNamespace(num_layers=16))
+    control = {"name": "demo-grown", "inflections": [{"layer": 8.0, "confidence": 0.9, "curve": "js"}]}
+    shared = {"layer": 9.0, "confidence": 0.8, "curve": "js", "in_control": True}
+    result = {"inflections": [shared], "control": control, "samples": 40, "n_image_tokens": 144}
+    rows = _schedule_rows(ctx, result)
+    assert len(rows) == 1 and rows[0]["verdict"] == "inconclusive"
+    assert "inflection layers (confidence): none" in rows[0]["measured"]
+    assert "demo-grown has change points at 8" in rows[0]["measured"] and rows[0]["measured"].endswith(": 9")
+    even = {"layer": 7.0, "confidence": 0.95, "curve": "image_mass", "in_control": False}  # 16 / 2 - 1: no control
+    rows = _schedule_rows(ctx, {**result, "inflections": [even, shared]})
+    assert rows[0]["verdict"] == "reproduced" and rows[0]["measured"].startswith("inflection layers (confidence): 7 ")
+    assert rows[1]["measured"] == "the inflection layers [7] are the evenly spaced ones: no control"  # 9 left out

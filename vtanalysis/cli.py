@@ -10,6 +10,8 @@ from rich.console import Console
 from ._core import processes
 
 console = Console(stderr=True)
+# the bundled trained demos (`models.loading.DEMOS`, named here so that `--help` imports no model code)
+DEMOS = ("demo", "demo-small")
 
 
 def _registered() -> dict[str, str]:
@@ -18,7 +20,7 @@ def _registered() -> dict[str, str]:
     from .models import tiny
     from .prune import methods
 
-    return {"models": ", ".join(["demo", *tiny.NAMES]), "figures": ", ".join(names()), "methods": ", ".join(methods())}
+    return {"models": ", ".join([*DEMOS, *tiny.NAMES]), "figures": ", ".join(names()), "methods": ", ".join(methods())}
 
 
 class _ListsRegistered(typer.core.TyperCommand):
@@ -319,13 +321,14 @@ def _run_forwarding_signals(cmd: list[str]) -> int:
 def _demo_heldout(model: str | None, folder: Path, samples: int) -> Path:
     """The demo model's held-out split (scenes 0, 1, ...; training uses seeds >= 1,000,000) in `folder`.
 
-    `model` other than "demo" is refused (eval needs the data a real model is scored on); None skips the check.
+    a `model` other than the demos is refused (eval needs the data a real model is scored on); None skips the check.
     """
     from .data import shapes
     from .errors import VTAError
 
-    if model not in ("demo", None):
-        raise VTAError("--data is required for models other than 'demo': a dataset folder in the standard format.")
+    if model not in (*DEMOS, None):
+        raise VTAError("--data is required for models other than the demos ('demo', 'demo-small'): a dataset folder "
+                       "in the standard format.")
     n_images = max(1, samples // 4 + 1)  # scenes support about 4.5 question types each
     info = folder / "scenes.json"
     if not info.is_file() or json.loads(info.read_text())["n_images"] < n_images:
@@ -344,6 +347,10 @@ def figures_cmd(
                                 "400 keeps every accuracy's 95 % interval within +-0.05."),
     batch_size: int = typer.Option(32, min=1, help="Samples per forward pass."),
     device: str = typer.Option("cpu", help="torch device (cpu, cuda, or auto: spread over all GPUs)."),
+    control: str = typer.Option("auto", help="A model whose layer-wise statistics are compared with MODEL's: "
+                                "change points both show come from how the model was made, not from training. "
+                                "'auto': demo-grown (the demo before its fine-tuning) for --model demo, none "
+                                "otherwise; 'none': no control."),
 ):
     """Regenerate every figure of the three papers on one model (cached: a rerun reuses collections).
 
@@ -358,11 +365,13 @@ def figures_cmd(
         procs = processes.current()
         output_folder(out)
         vlm = load_vlm(model, device=_process_device(procs, device))
+        control = {"auto": "demo-grown" if model == "demo" else None, "none": None}.get(control, control)
+        control_vlm = None if control is None else load_vlm(control, device=_process_device(procs, device))
         if data is None and procs.main:
             _demo_heldout(None, out / "cache" / "data", samples)
         procs.wait()  # the demo's scenes are written by the main process
         made = make_figures(vlm, data or out / "cache" / "data", out, only=only, samples=samples,
-                            batch_size=batch_size, processes=procs)
+                            batch_size=batch_size, processes=procs, control=control_vlm)
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
@@ -527,24 +536,29 @@ def report_cmd(
 
 @app.command("train-demo")
 def train_demo_cmd(
-    recipe: str = typer.Option("deep", help="'deep' (a 16-layer LLaVA: CLIP pretraining, then LLaVA's stages; "
-                               "`vtanalysis.models.demo.train_deep`; not shipped yet) or 'small' (the 4-layer model "
-                               "shipped as `demo`; `vtanalysis.models.demo.train_demo`)."),
+    recipe: str = typer.Option("grow", help="'grow' (the 16-layer model shipped as `demo`: the shipped small "
+                               "demo's tower made contrastive, its 4-layer decoder grown to 16 and fine-tuned; "
+                               "`vtanalysis.models.demo.train_grow`), 'small' (the 4-layer model shipped as "
+                               "`demo-small`; `vtanalysis.models.demo.train_demo`) or 'deep' (a 16-layer LLaVA from "
+                               "scratch: CLIP pretraining, then LLaVA's stages; `train_deep`; stalls at 0.55, kept "
+                               "as the measured dead end)."),
     out: Path = typer.Option(None, help="Checkpoint folder; training resumes from it (default runs/demo-RECIPE)."),
-    steps: int = typer.Option(None, min=0, help="Steps of the last stage (deep: instruction tuning, default 4000; "
-                              "small: the whole model, default 4000)."),
-    vision_steps: int = typer.Option(None, min=0, help="Steps of the vision stage (deep: contrastive CLIP, default "
-                                     "1000; small: per-patch losses, default 1000)."),
+    steps: int = typer.Option(None, min=0, help="Steps of the last stage (grow: instruction tuning, default 1200; deep: "
+                              "instruction tuning, default 4000; small: the whole model, default 4000)."),
+    vision_steps: int = typer.Option(None, min=0, help="Steps of the vision stage (grow: the contrastive tower, "
+                                     "default 400; deep: contrastive CLIP, default 1000; small: per-patch losses, "
+                                     "default 1000)."),
     align_steps: int = typer.Option(None, min=0, help="deep only: projector alignment steps on captions (default 300)."),
     batch_size: int = typer.Option(32, min=1, help="Conversations per LLM step."),
-    lr: float = typer.Option(None, help="Peak learning rate of the LLM stage(s) (deep 1e-3, small 2e-3)."),
+    lr: float = typer.Option(None, help="Peak learning rate of the LLM stage(s) (grow: the grown copies, "
+                              "1e-3; deep 1e-3, small 2e-3)."),
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
-    device: str = typer.Option("cpu", help="Where to train: cpu or cuda (deep only)."),
-    minutes: float = typer.Option(None, min=0, help="deep only: stop cleanly after this many minutes; rerun the same "
-                                  "command to resume."),
-    resume_from: Path = typer.Option(None, help="deep only: when OUT has no checkpoint, go on from these exported "
-                                     "weights (`train_deep.export_weights`; the repository keeps the run in progress "
-                                     "in training/demo-deep/weights.pt)."),
+    device: str = typer.Option("cpu", help="Where to train: cpu or cuda (grow and deep)."),
+    minutes: float = typer.Option(None, min=0, help="grow and deep: stop cleanly after this many minutes; rerun the "
+                                  "same command to resume."),
+    resume_from: Path = typer.Option(None, help="grow and deep: when OUT has no checkpoint, go on from these "
+                                     "exported weights (`train_deep.export_weights`; the repository keeps the shipped "
+                                     "run's in training/demo-grow-fresh/weights.pt)."),
     save_to: Path = typer.Option(None, help="Where to save the trained model (default: OUT/model; load it with "
                                  "--model OUT/model. The package's own demo weights are never overwritten)."),
 ):
@@ -553,15 +567,32 @@ def train_demo_cmd(
 
     from .models import demo
 
-    if recipe not in ("deep", "small"):
-        console.print(f"[red]error:[/red] --recipe {recipe!r}: use 'deep' or 'small'.")
+    if recipe not in ("grow", "deep", "small"):
+        console.print(f"[red]error:[/red] --recipe {recipe!r}: use 'grow', 'deep' or 'small'.")
         raise typer.Exit(2)
     out = Path(out or f"runs/demo-{recipe}")
     target = Path(save_to or out / "model")
-    if target.resolve() == Path(demo.WEIGHTS).resolve():
+    if target.resolve() in (Path(demo.WEIGHTS).resolve(), Path(demo.SMALL_WEIGHTS).resolve()):
         console.print("[red]error:[/red] --save-to names the package's shipped demo weights; save elsewhere and "
                       "load with --model FOLDER (the shipped demo stays as released).")
         raise typer.Exit(2)
+    if recipe == "grow":
+        from dataclasses import replace
+
+        from .models.demo import train_deep, train_grow
+
+        r = replace(train_grow.SHIPPED, seed=seed, batch_size=batch_size,
+                    **{k: v for k, v in {"tower_steps": vision_steps, "instruct_steps": steps, "lr": lr}.items()
+                       if v is not None})
+        result = train_grow.train(out, r, device=_checked_device(device), minutes=minutes, resume_from=resume_from,
+                                  training_json=out / "training.json")
+        if not result["finished"]:
+            print(f"stopped at stage {result['stage']} step {result['step']}; rerun the same command to resume")
+            return
+        vlm, clip, _ = train_grow.from_export(train_deep.export_weights(out, out / "weights.pt"))
+        train_grow.save_model(vlm, clip, target, out / "training.json")
+        print(f"saved to {target} (metrics.json: held-out accuracy per type, attention in mask per layer)")
+        return
     if recipe == "deep":
         from .models.demo import train_deep
 

@@ -76,8 +76,11 @@ class Context:
     sharing the statistics (`make_figures`)."""
 
     def __init__(self, vlm, data: Path, out: Path, samples: int, batch_size: int, progress: bool,
-                 processes: Processes = ONE):
+                 processes: Processes = ONE, control=None):
         self.vlm, self.data, self.out, self.n, self.batch_size = vlm, data, out, samples, batch_size
+        # a model the layer-wise statistics are compared with (e.g. `vlm` before its training): what
+        # both show comes from how the model was made, not from what it learned
+        self.control = control
         self.processes, self.progress = processes, progress and processes.main
         self.cache = out / "cache"
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -87,6 +90,8 @@ class Context:
         # a cached result is reused only for the same weights, data files, sample count and code
         self.key = {"model": vlm.name, "weights": model_fingerprint(vlm.model), "data": data_fingerprint(data),
                     "samples": samples, "code": code_fingerprint()}
+        self.control_key = {} if control is None else {
+            "control": control.name, "control_weights": model_fingerprint(control.model)}
 
     def alone(self) -> "Context":
         """This context for the main process on its own (after the shared statistics are cached):

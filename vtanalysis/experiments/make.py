@@ -15,7 +15,7 @@ from .registry import FIGURES
 
 def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | None = None, samples: int = 200,
                  batch_size: int = 8, progress: bool = True, processes: Processes = ONE,
-                 log=print) -> dict[str, list[Path]]:
+                 control=None, log=print) -> dict[str, list[Path]]:
     """Write the chosen figures (all registered ones by default) and return the files each produced.
 
     Each figure writes NAME.png, NAME.pdf and the numbers behind it (NAME.json or NAME.csv) into
@@ -25,7 +25,11 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
 
     processes: with several (`accelerate launch -m vtanalysis figures`), every process computes its
         part of each figure's statistics (collections, scores, evaluations; merged as in one
-        process), then the main process draws the figures and returns them; the others return {}."""
+        process), then the main process draws the figures and returns them; the others return {}.
+    control: a VLM the layer-wise statistics are compared with, on the same samples (e.g. `vlm` before
+        its training: `load_vlm("demo-grown")` for the demo). The inflection figure draws its curves
+        and change points; findings.md reports a change point the control shares as how the model
+        was made, not as a finding."""
     names = list(only) if only else list(FIGURES)
     unknown = set(names) - set(FIGURES)
     if unknown:
@@ -33,7 +37,7 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
     if samples < 1:
         raise VTAError(f"--samples must be >= 1, got {samples}.")
     out = output_folder(out)
-    ctx = Context(vlm, Path(data), out, samples, batch_size, progress, processes)
+    ctx = Context(vlm, Path(data), out, samples, batch_size, progress, processes, control)
     drawing = ctx.alone()
     made, seconds = {}, {}
     weights = expected_seconds(out, names)
@@ -54,7 +58,8 @@ def make_figures(vlm, data: str | Path, out: str | Path, *, only: list[str] | No
     overall.close()
     if not processes.main:
         return made
-    write_json(out / "figures.json", {"model": vlm.name, "data": str(data), "samples": samples, "seconds": seconds,
+    write_json(out / "figures.json", {"model": vlm.name, "control": control.name if control is not None else None,
+                                      "data": str(data), "samples": samples, "seconds": seconds,
                                       "files": {k: [p.name for p in v] for k, v in made.items()}})
     return made
 

@@ -29,7 +29,8 @@ def inflection_result(ctx: Context) -> dict:
     """Shift curves of the collection over the samples, their inflection layers and, per keep in
     KEEPS, the AdaptInfer schedule they imply (or why there is none); computed once per run and
     cached like the scores (the inflection figure and the findings both read it)."""
-    return cached(ctx.cache, "inflection", ctx.key, lambda: compute_inflection(ctx), ctx.processes)
+    return cached(ctx.cache, "inflection", {**ctx.key, **ctx.control_key}, lambda: compute_inflection(ctx),
+                  ctx.processes)
 
 
 def compute_inflection(ctx: Context) -> dict:
@@ -41,16 +42,29 @@ def compute_inflection(ctx: Context) -> dict:
     collect_sharded(ctx.vlm, ctx.data, folder, ctx.processes, batch_size=ctx.batch_size, limit=ctx.n,
                     progress=ctx.progress)
     curves = inf.shift_curves(folder)
-    found = inf.inflection_layers(curves)
+    found = [{**c.__dict__, "in_control": False} for c in inf.inflection_layers(curves)]
+    control = None
+    if ctx.control is not None:
+        # the same collection on the control: a change point within one layer of one of its own (the
+        # merge distance of `inflection_layers`) is marked as the control's, not the model's
+        collect_sharded(ctx.control, ctx.data, ctx.cache / "collection_control", ctx.processes,
+                        batch_size=ctx.batch_size, limit=ctx.n, progress=ctx.progress)
+        control_curves = inf.shift_curves(ctx.cache / "collection_control")
+        control_found = inf.inflection_layers(control_curves)
+        for c in found:
+            c["in_control"] = any(abs(c["layer"] - k.layer) <= 1 for k in control_found)
+        control = {"name": ctx.control.name, "curves": {k: np.asarray(v).tolist() for k, v in control_curves.items()},
+                   "inflections": [k.__dict__ for k in control_found]}
+    learned = [int(c["layer"]) for c in found if not c["in_control"]]  # the schedules follow only these
     n_image = ctx.vlm.prepare([ctx.samples[0].image], [ctx.samples[0].question]).layouts[0].n_image_tokens
     schedules = {}
     for keep in KEEPS:
         try:
-            schedules[str(keep)] = inf.schedule_from_inflections(found, ctx.vlm.num_layers, n_image, keep)
+            schedules[str(keep)] = inf.schedule_from_inflections(learned, ctx.vlm.num_layers, n_image, keep)
         except VTAError as err:
             schedules[str(keep)] = {"error": str(err)}
     return {"curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
-            "inflections": [c.__dict__ for c in found], "n_image_tokens": n_image, "samples": len(ctx.samples),
+            "inflections": found, "control": control, "n_image_tokens": n_image, "samples": len(ctx.samples),
             "budgets": {str(k): keep_count(k, n_image) for k in KEEPS}, "schedules": schedules}
 
 

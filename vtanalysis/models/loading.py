@@ -12,6 +12,11 @@ from . import demo, tiny
 from .registry import adapter_for
 from .vlm import VLM
 
+# the trained demo LLaVAs shipped in the package: the 16-layer grown model, and the 4-layer one it grew from
+DEMOS = {"demo": demo.WEIGHTS, "demo-small": demo.SMALL_WEIGHTS}
+# `demo` before its fine-tuning (`demo.before_training`): the control of its layer-wise figures
+GROWN_CONTROL = "demo-grown"
+
 
 def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
              attn_implementation: str = "sdpa", strict: bool = True, device_map: str | dict | None = None) -> VLM:
@@ -19,7 +24,9 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
 
     Args:
         name_or_path: a hub id ("llava-hf/llava-1.5-7b-hf"), a local folder, "demo" (the trained
-            demo LLaVA shipped in the package), or the name of a bundled tiny random model
+            16-layer demo LLaVA shipped in the package), "demo-small" (the 4-layer demo it was grown
+            from: the same processor and image tokens, faster), "demo-grown" (`demo` before its
+            fine-tuning, the control of its layer-wise figures), or the name of a bundled tiny random model
             ("tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen3-vl",
             "tiny-internvl", "tiny-gemma3").
         device: where to put the model; "auto" spreads it over every visible GPU (device_map="auto").
@@ -46,20 +53,26 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
                        "and fits one device: pass device= instead.")
     if name in tiny.NAMES:
         return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
-    if name == "demo":
-        if not demo.available():
-            raise UnsupportedModelError(f"the demo model's weights are missing from {demo.WEIGHTS}; "
+    if name == GROWN_CONTROL:
+        vlm = demo.before_training()
+        vlm.model.to(device=device, dtype=dtype or torch.float32)
+        vlm.name = name
+        return vlm
+    if name in DEMOS:
+        folder = DEMOS[name]
+        if not demo.available(folder):
+            raise UnsupportedModelError(f"the {name} model's weights are missing from {folder}; "
                                         "run `vtanalysis train-demo` to make them.")
-        vlm = load_vlm(demo.WEIGHTS, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict,
+        vlm = load_vlm(folder, device=device, dtype=dtype, attn_implementation=attn_implementation, strict=strict,
                        device_map=device_map)
-        vlm.name = "demo"
+        vlm.name = name
         return vlm
     offline = not Path(name).exists() and not _cached(name) and not hub_reachable()
     if offline:  # say so at once: huggingface_hub would retry for half a minute before failing
         raise UnsupportedModelError(f"cannot load a model from {name!r}: it is not a local folder, the Hugging Face "
                                     "cache has no copy of it, and no Hugging Face hub is reachable from here "
                                     f"({_endpoint()}). Pass a model folder (config.json + weights), download it where "
-                                    f"there is network, or use a bundled name: demo, {', '.join(tiny.NAMES)}.")
+                                    f"there is network, or use a bundled name: {', '.join(DEMOS)}, {', '.join(tiny.NAMES)}.")
     try:
         config = transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -67,7 +80,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
             "neither a local folder nor a Hugging Face hub id that can be downloaded from here"
         raise UnsupportedModelError(f"cannot load a model from {name!r}: it is {where} ({type(err).__name__}). "
                                     f"Pass a model folder (config.json + weights), a hub id, or a bundled name: "
-                                    f"demo, {', '.join(tiny.NAMES)}.") from None
+                                    f"{', '.join(DEMOS)}, {', '.join(tiny.NAMES)}.") from None
     adapter = adapter_for(config)
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" and device_map is None else "auto"

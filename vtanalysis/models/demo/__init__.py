@@ -1,14 +1,17 @@
 """The demo model organisms: small LLaVAs (CLIP vision tower, MLP projector, Llama decoder) trained
 here on `data.shapes` scenes and loaded with no network.
 
-Both read 96 px images, patch 8 -> a 12 x 12 grid of 144 image tokens, with a word-level
+All read 96 px images, patch 8 -> a 12 x 12 grid of 144 image tokens, with a word-level
 tokenizer and LLaVA-1.5's prompt "USER: <image>\\n{question} ASSISTANT:".
 
-    SMALL  vision 128-d x 4 layers (`vision_feature_layer=-1`), Llama 128-d x 4 layers; trained end to
-           end by `train_demo.train` (the vision tower only through the LLM and per-patch losses).
+    GROWN  `load_vlm("demo")` (`WEIGHTS`): SMALL's tower made contrastive (its CLIP in `WEIGHTS / "clip"`)
+           and its 4-layer decoder grown to 16 layers, then fine-tuned (`train_grow`; 0.988 held-out).
+    SMALL  `load_vlm("demo-small")` (`SMALL_WEIGHTS`): vision 128-d x 4 layers (`vision_feature_layer=-1`),
+           Llama 128-d x 4 layers; trained end to end by `train_demo.train` (the vision tower only
+           through the LLM and per-patch losses).
     DEEP   vision 128-d x 6 layers read at layer -2 as LLaVA-1.5 does, pretrained contrastively with
            a 3-layer text encoder (a CLIP, `CLIP_WEIGHTS`) and frozen; Llama 128-d x 16 layers;
-           trained by `train_deep.train` in LLaVA's stages.
+           trained by `train_deep.train` in LLaVA's stages; stalled at 0.55 held-out, not shipped.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from ...data import shapes
 from ..tiny import LLAVA_TEMPLATE
 from ..wordtok import BASE_WORDS, word_tokenizer
 
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = Path(__file__).parent / "weights"  # `load_vlm("demo")`: the grown 16-layer model
+SMALL_WEIGHTS = Path(__file__).parent / "weights_small"  # `load_vlm("demo-small")`: the 4-layer model
 IMAGE_SIZE, PATCH = shapes.SIZE, 8
 EXTRA_WORDS = "describe image".split()
 
@@ -106,5 +110,23 @@ def clip():
     return model.eval(), transformers.CLIPProcessor.from_pretrained(WEIGHTS / "clip")
 
 
-def available() -> bool:
-    return (WEIGHTS / "config.json").is_file() and any(WEIGHTS.glob("*.safetensors"))
+def before_training():
+    """The shipped `demo` before its instruction stage (`load_vlm("demo-grown")`): `demo-small`'s decoder
+    grown to 16 layers by `train_grow.grow` with the recorded recipe's copies, noise and seed (each copy
+    writes nothing: it answers as `demo-small`), reading `demo`'s vision tower, which that stage kept
+    frozen. Every layer-wise figure of `demo` is compared with the same figure of this control: a
+    change point they share comes from how the model was grown, not from training."""
+    import json
+
+    from ..loading import load_vlm
+    from .train_grow import grow
+
+    recipe = json.loads((WEIGHTS / "training.json").read_text())["recipe"]
+    grown = grow(load_vlm(SMALL_WEIGHTS), recipe["copies"], recipe["copy_noise"], recipe["seed"])
+    grown.model.model.vision_tower.load_state_dict(load_vlm(WEIGHTS).model.model.vision_tower.state_dict())
+    grown.model.eval()
+    return grown
+
+
+def available(folder: Path = WEIGHTS) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
