@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="demo-small", help="a load_vlm name; RESULTS.md's run is the 4-layer demo")
     a = ap.parse_args()
 
     import torch
@@ -38,7 +39,7 @@ def main() -> None:
     from vtanalysis.perf import DispatchCounter, HostRoundTrips
 
     torch.set_num_threads(a.threads)
-    vlm = vta.load_vlm("demo")
+    vlm = vta.load_vlm(a.model)
     folder = tempfile.mkdtemp(prefix="vta-bench-")
     shapes.write_dataset(folder, n_images=max(1, a.samples // 4 + 1), seed=0, progress=False)
     samples = read_samples(folder)[:a.samples]

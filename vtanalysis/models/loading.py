@@ -9,12 +9,13 @@ import transformers
 
 from ..errors import UnsupportedModelError, VTAError, WeightsError
 from . import demo, tiny
+from .demo.growth import grow
 from .registry import adapter_for
 from .vlm import VLM
 
 # the trained demo LLaVAs shipped in the package: the 16-layer grown model, and the 4-layer one it grew from
 DEMOS = {"demo": demo.WEIGHTS, "demo-small": demo.SMALL_WEIGHTS}
-# `demo` before its fine-tuning (`demo.before_training`): the control of its layer-wise figures
+# `demo` before its fine-tuning (`_demo_before_training`): the control of its layer-wise figures
 GROWN_CONTROL = "demo-grown"
 
 
@@ -54,7 +55,7 @@ def load_vlm(name_or_path: str | Path, *, device: str | torch.device = "cpu", dt
     if name in tiny.NAMES:
         return tiny.build(tiny.NAMES[name], device=device, attn_implementation=attn_implementation)
     if name == GROWN_CONTROL:
-        vlm = demo.before_training()
+        vlm = _demo_before_training()
         vlm.model.to(device=device, dtype=dtype or torch.float32)
         vlm.name = name
         return vlm
@@ -174,3 +175,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def _demo_before_training() -> VLM:
+    """`demo` before its instruction stage: `demo-small`'s decoder grown to 16 layers by `grow` with the
+    recorded recipe's copies, noise and seed (each copy writes nothing, so it answers as `demo-small`'s
+    decoder), reading `demo`'s vision tower, which that stage kept frozen. Every layer-wise figure of
+    `demo` is compared with the same figure of this control: a change point both show comes from how
+    the model was grown, not from training."""
+    import json
+
+    recipe = json.loads((demo.WEIGHTS / "training.json").read_text())["recipe"]
+    grown = grow(load_vlm("demo-small"), recipe["copies"], recipe["copy_noise"], recipe["seed"])
+    grown.model.model.vision_tower.load_state_dict(load_vlm("demo").model.model.vision_tower.state_dict())
+    grown.model.eval()
+    return grown

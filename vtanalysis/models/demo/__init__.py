@@ -110,23 +110,5 @@ def clip():
     return model.eval(), transformers.CLIPProcessor.from_pretrained(WEIGHTS / "clip")
 
 
-def before_training():
-    """The shipped `demo` before its instruction stage (`load_vlm("demo-grown")`): `demo-small`'s decoder
-    grown to 16 layers by `train_grow.grow` with the recorded recipe's copies, noise and seed (each copy
-    writes nothing: it answers as `demo-small`), reading `demo`'s vision tower, which that stage kept
-    frozen. Every layer-wise figure of `demo` is compared with the same figure of this control: a
-    change point they share comes from how the model was grown, not from training."""
-    import json
-
-    from ..loading import load_vlm
-    from .train_grow import grow
-
-    recipe = json.loads((WEIGHTS / "training.json").read_text())["recipe"]
-    grown = grow(load_vlm(SMALL_WEIGHTS), recipe["copies"], recipe["copy_noise"], recipe["seed"])
-    grown.model.model.vision_tower.load_state_dict(load_vlm(WEIGHTS).model.model.vision_tower.state_dict())
-    grown.model.eval()
-    return grown
-
-
 def available(folder: Path = WEIGHTS) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
