@@ -75,3 +75,20 @@ def test_cli_only_one_figure(tmp_path):
     assert not (out / "positional_bias.png").exists()
     bad = CliRunner().invoke(app, ["figures", "--model", "tiny-llava", "--out", str(out), "--only", "heatmap"])
     assert bad.exit_code == 2 and "unknown figure" in bad.output
+
+
+def test_a_model_compared_with_itself_finds_only_the_controls_change_points(tmp_path):
+    """Issue 42, item 4: with `control=` the same weights, the control's curves are the model's and every
+    change point found is marked as the control's, so findings.md counts none of them as an inflection
+    layer (on the demo, with its own weights loaded twice)."""
+    from vtanalysis import load_vlm
+    from vtanalysis.data import shapes
+
+    data = tmp_path / "data"
+    shapes.write_dataset(data, n_images=8, seed=0, progress=False)
+    make_figures(load_vlm("demo"), data, tmp_path / "out", only=["inflection"], samples=24, progress=False,
+                 control=load_vlm("demo"))
+    result = json.loads((tmp_path / "out" / "inflection.json").read_text())
+    assert result["control"]["name"] == "demo" and result["control"]["curves"] == result["curves"]
+    assert result["inflections"] and all(c["in_control"] for c in result["inflections"])
+    assert all("error" in s for s in result["schedules"].values())  # no own change point: no schedule

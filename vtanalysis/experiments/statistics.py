@@ -47,9 +47,11 @@ def compute_inflection(ctx: Context) -> dict:
     if ctx.control is not None:
         # the same collection on the control: a change point within one layer of one of its own (the
         # merge distance of `inflection_layers`) is marked as the control's, not the model's
-        collect_sharded(ctx.control, ctx.data, ctx.cache / "collection_control", ctx.processes,
-                        batch_size=ctx.batch_size, limit=ctx.n, progress=ctx.progress)
-        control_curves = inf.shift_curves(ctx.cache / "collection_control")
+        # one folder per control: a collection refuses another model's checkpoint
+        where = ctx.cache / f"collection_control-{params_key(ctx.control_key)}"
+        collect_sharded(ctx.control, ctx.data, where, ctx.processes, batch_size=ctx.batch_size, limit=ctx.n,
+                        progress=ctx.progress)
+        control_curves = inf.shift_curves(where)
         control_found = inf.inflection_layers(control_curves)
         for c in found:
             c["in_control"] = any(abs(c["layer"] - k.layer) <= 1 for k in control_found)
