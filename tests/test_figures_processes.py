@@ -67,7 +67,10 @@ def _close(a, b, path=""):
         for i, (x, y) in enumerate(zip(a, b)):
             _close(x, y, f"{path}[{i}]")
     elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+        # the positional-bias similarity is a correlation of maps, near 0 on the 16-layer demo: launched
+        # processes run their forward on one thread each (torchrun's OMP_NUM_THREADS=1), and float32 noise
+        # of 1e-7 in the maps cancels there into a few 1e-6 (measured 3e-6); a merging error moves it far more
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-5 if "/similarity" in path else 1e-9), path
     else:
         assert a == b, path
 
@@ -76,7 +79,8 @@ def _close(a, b, path=""):
 def test_accelerate_launch_two_cpu_processes_draws_the_one_process_figures(tmp_path):
     """`accelerate launch --num_processes 2 -m vtanalysis figures` on CPU (gloo): positional-bias maps
     (AdaptPrune Fig. 2), inflection curves (AdaptInfer), saliency AUC (AdaFV Fig. 2) and accuracy
-    against FLOPs equal one process's (sums merged in float64: to 1e-6; records and AUCs exactly)."""
+    against FLOPs equal one process's (sums merged in float64: to 1e-6, the maps' cross-task correlation to
+1e-5 absolute; records and AUCs exactly)."""
     common = ["figures", "--model", "demo", "--samples", "12", "--batch-size", "6", "--only", "positional_bias",
               "--only", "inflection", "--only", "saliency_auc", "--only", "accuracy_vs_keep"]
     run_cli(*common, "--out", str(tmp_path / "one"))
