@@ -48,14 +48,14 @@ def inflection(ctx: Context) -> list[Path]:
             lines.append(f"keep {keep} (budget {result['budgets'][keep]} of {result['n_image_tokens']}):")
             lines.append(f"  {sched['error'][:60]}..." if "error" in sched else
                          "  " + ", ".join(f"from layer {a}: {c}" for a, c in zip(sched["layers"], sched["counts"])))
+    elif every:  # only change points the control shares
+        lines = ["every change point found is within one", "layer of one of the control's", f"({control['name']}): "
+                 "how the model was made,", "not what it learned; no schedule follows"]
     elif ctx.vlm.num_layers - 1 < 2 * MIN_SEGMENT:  # as findings.md says: too shallow to test
         lines = [f"not testable: {ctx.vlm.num_layers} decoder layers give", f"{ctx.vlm.num_layers - 1} layer-to-layer "
                  f"points, fewer than", f"the {2 * MIN_SEGMENT} a change point needs"]
     else:
         lines = ["no inflection layer detected:", "no AdaptInfer schedule follows", "(use a single-stage method)"]
-    if control and not found and any(c.get("in_control") for c in every):
-        lines = ["every change point found is within one", f"layer of one of the control's", f"({control['name']}): "
-                 "how the model was made,", "not what it learned; no schedule follows"]
     if control:
         axes[0].legend(fontsize=7, loc="lower right")
     axes[3].axis("off")
