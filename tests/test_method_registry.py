@@ -102,6 +102,32 @@ def test_select_takes_the_arguments_of_run_and_the_old_order_with_a_warning(imag
     assert new[0][0].tolist() == prune.run(vlm, batch, "fastv", 10, max_new_tokens=1).kept[0][0].tolist()
 
 
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_select_stops_after_the_last_stage_and_keeps_what_run_keeps(family, images):
+    """`select` ends the prefill once the last stage has chosen; every registered method must still
+    select exactly what a full `run` keeps (stage by stage, sample by sample), and a layer after
+    the last stage must not run."""
+    vlm = tiny.build(family, seed=3, num_layers=6)
+    batch = vlm.prepare(images[:2], QUESTIONS[:2])
+    last = vlm.decoder_layers[-1]
+    compared = 0
+    for name in prune.methods():
+        try:
+            full = prune.run(vlm, batch, name, 0.3, max_new_tokens=1).kept
+        except VTAError:  # a method that refuses this family or budget
+            continue
+        calls = []
+        handle = last.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            chosen = prune.select(vlm, batch, name, 0.3)
+        finally:
+            handle.remove()
+        assert [[c.tolist() for c in stage] for stage in chosen] == [[c.tolist() for c in stage] for stage in full], name
+        assert not calls or not chosen, name  # nothing pruned: the plain prefill ran through
+        compared += 1
+    assert compared >= 15
+
 TOY = '''
 """Toy: the last image tokens (a test's method, one file)."""
 import torch

@@ -134,6 +134,31 @@ def test_agreement_scores_the_method_against_the_oracle_and_random(images):
     assert a.spearman.abs().max() <= 1
 
 
+def test_methods_measured_together_get_the_numbers_each_gets_alone(images):
+    """`horizons` and `agreements` replay every kept set of one size together and share the random
+    and oracle sets between methods keeping the same count; each method's numbers must still be
+    `horizon`'s and `agreement`'s for it alone (a set read from another method's or size's slot
+    would not be). fastv rounds its budget, adaptprune floors it: two sizes in one replay."""
+    vlm = tiny.build("llava", seed=3, num_layers=4)
+    batch = vlm.prepare(images[:2], QUESTIONS[:2])
+    ref = causal.reference(vlm, batch, max_new_tokens=2)
+    methods, keep = ["fastv", "adaptprune", "pool"], 0.37
+    sizes = {m: len(method_columns(vlm, batch, m, keep)[0]) for m in methods}
+    assert len(set(sizes.values())) == 2, sizes
+    together = causal.horizons(vlm, batch, methods, keep, seeds=2, ref=ref, with_oracle=True)
+    for m in methods:
+        alone = causal.horizon(vlm, batch, m, keep, seeds=2, ref=ref, with_oracle=True)
+        for name in ("effect", "random", "oracle", "advantage"):
+            assert torch.allclose(getattr(together[m], name), getattr(alone, name), atol=2e-6), (m, name)
+        assert together[m].horizon == alone.horizon and together[m].kept == alone.kept
+    together = causal.agreements(vlm, batch, methods, keep, seeds=2, ref=ref)
+    for m in methods:
+        alone = causal.agreement(vlm, batch, m, keep, seeds=2, ref=ref)
+        for name in ("effect", "random", "oracle", "share", "recall", "spearman", "deletion", "insertion"):
+            assert torch.allclose(getattr(together[m], name), getattr(alone, name), atol=2e-6, equal_nan=True), \
+                (m, name)
+
+
 @pytest.mark.parametrize("call, says", [
     (lambda v, b: causal.oracle(v, b, 1.5), "outside (0, 1]"),
     (lambda v, b: causal.oracle(v, b, 10_000), "larger than the image"),

@@ -108,3 +108,59 @@ def test_evaluate_scores_what_the_model_answered(tmp_path):
     assert plain["flops_ratio"] == pytest.approx(1.0)
     pruned = evaluate(vlm, samples, method="fastv", keep=0.25, batch_size=4, progress=False)
     assert pruned["flops_ratio"] < 1.0 and pruned["samples"] == len(samples)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_evaluating_runs_together_answers_as_each_run_alone(tmp_path, family):
+    """`evaluate_many` prepares each batch once and shares the vision tower's output between runs of
+    methods that read nothing inside it; every result must still be `evaluate`'s for that run alone
+    (a reused output from another batch, or one a [CLS] method saw, would change answers or FLOPs)."""
+    from vtanalysis.evaluate import evaluate_many
+    from vtanalysis.models.tower_reuse import TowerReuse
+
+    shapes.write_dataset(tmp_path, n_images=2, seed=0, progress=False)
+    samples = read_samples(tmp_path)[:7]
+    vlm = tiny.build(family, seed=0)
+    runs = [{"method": "none"}, {"method": "fastv", "keep": 0.25}, {"method": "random", "keep": 0.5, "seed": 1},
+            {"method": "divprune", "keep": 0.25}, {"method": "pool", "keep": 0.25}]
+    if vlm.adapter.has_cls:
+        runs.append({"method": "fastervlm", "keep": 0.25})  # reads the tower's [CLS] attention: runs its own
+    seen = []
+    real = TowerReuse._around
+
+    def counted(self, forward, *args, **kwargs):
+        seen.append(self)
+        return real(self, forward, *args, **kwargs)
+    TowerReuse._around = counted
+    try:
+        together = evaluate_many(vlm, samples, runs, batch_size=4, progress=False)
+    finally:
+        TowerReuse._around = real
+    drop_times = lambda r: {k: v for k, v in r.items() if not k.endswith("_s")}  # noqa: E731
+    for run, got in zip(runs, together):
+        alone = evaluate(vlm, samples, method=run["method"], keep=run.get("keep", 1.0), seed=run.get("seed", 0),
+                         batch_size=4, progress=False)
+        assert drop_times(got) == drop_times(alone), run
+    shared = 4  # none, fastv, random, divprune (pool edits the model around the tower; fastervlm reads it)
+    reuse = seen[0]
+    assert set(seen) == {reuse} and reuse.calls == 2 * shared  # two batches, each seen by every sharing run
+    assert reuse.reused == 2 * (shared - 1)  # the tower ran once per batch for them
+
+
+def test_runs_evaluated_together_resume_each_after_its_own_last_batch(tmp_path):
+    """An interrupted `evaluate_many` leaves each run's records where it stopped; the next call
+    answers only what is missing and returns what one uninterrupted call returns."""
+    from vtanalysis.evaluate import evaluate_many
+
+    shapes.write_dataset(tmp_path / "data", n_images=2, seed=0, progress=False)
+    samples = read_samples(tmp_path / "data")[:6]
+    vlm = tiny.build("llava", seed=0)
+    runs = [{"method": "fastv", "keep": 0.25}, {"method": "random", "keep": 0.5, "seed": 2}]
+    folders = [tmp_path / "a", tmp_path / "b"]
+    whole = evaluate_many(vlm, samples, runs, batch_size=4, progress=False, records=folders)
+    for folder, lines in zip(folders, (1 + 4, 1)):  # run a keeps its settings and first batch; run b its settings
+        path = folder / "part-0-of-1.jsonl"
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:lines]))
+    resumed = evaluate_many(vlm, samples, runs, batch_size=4, progress=False, records=folders)
+    assert [r["predictions"] for r in resumed] == [r["predictions"] for r in whole]
+    assert [r["flops_ratio"] for r in resumed] == [r["flops_ratio"] for r in whole]

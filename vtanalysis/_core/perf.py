@@ -111,8 +111,14 @@ class HostRoundTrips(TorchDispatchMode):
         if site is not None and self._active:
             self.sites[site] += 1
 
-    def _set_active(self, value: bool) -> None:
-        self._active = value
+    def _counting_within(self, forward, *args, **kwargs):
+        """`within`'s forward, counted; counting stops however it ends (`prune.select` stops a
+        prefill with an exception once it has chosen)."""
+        self._active = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            self._active = False
 
     @property
     def count(self) -> int:
@@ -140,8 +146,7 @@ class HostRoundTrips(TorchDispatchMode):
             _COUNTING_THREAD, _COUNTING_DEPTH = me, _COUNTING_DEPTH + 1
         self._stack = contextlib.ExitStack()
         if self.within is not None:
-            self._stack.enter_context(scoped(self.within, "pre", lambda *_: self._set_active(True)))
-            self._stack.enter_context(scoped(self.within, "post", lambda *_: self._set_active(False)))
+            self._stack.enter_context(scoped(self.within, "around", self._counting_within))
         for name in _TENSOR_METHODS:
             self._saved[name] = getattr(torch.Tensor, name)
             setattr(torch.Tensor, name, self._counting(self._saved[name]))

@@ -23,7 +23,7 @@ import torch
 from ..errors import VTAError
 from .ablation import Reference, explained
 from .importance import importance as token_importance
-from .oracle import effects_kept, search
+from .oracle import effects_of_sets, search
 from .replay import record
 from .selections import method_columns, random_columns
 
@@ -99,48 +99,79 @@ def agreement(vlm, batch, method: str, keep: float | int, *, layer: int = 0, see
     Returns:
         `AgreementResult`.
     """
+    return agreements(vlm, batch, [method], keep, layer=layer, seeds=seeds, measure=measure, target=target, ref=ref,
+                      chunk=chunk, memory_mb=memory_mb, max_new_tokens=max_new_tokens, oracle_sets=oracle_sets,
+                      importance_scores=importance_scores, **knobs)[method]
+
+
+def agreements(vlm, batch, methods: list[str], keep: float | int, *, layer: int = 0, seeds: int = 5,
+               measure: str = "kl", target: list[str] | None = None, ref: Reference | None = None,
+               chunk: int | None = None, memory_mb: float = 1024, max_new_tokens: int = 8,
+               oracle_sets: list[torch.Tensor] | None = None, importance_scores: torch.Tensor | None = None,
+               **knobs) -> dict[str, AgreementResult]:
+    """`agreement` of several methods at once: {method: AgreementResult}, each equal to its `agreement`.
+
+    Per sample, every kept set of one size (the methods' selections, the oracle's, the random ones,
+    and the insertion and deletion sets along each method's order) is replayed together, once; the
+    random sets and the oracle depend only on the sample and the kept count, so methods keeping the
+    same count share them. `oracle_sets`, when given, must keep what every method keeps; `knobs` go
+    to every method."""
     if len(batch) == 0:
         raise VTAError("the batch is empty: prepare at least one sample.")
+    if not methods:
+        return {}
     layer = vlm.check_layer(layer, "ablation layer")
     ref = explained(vlm, batch, ref, target, max_new_tokens)
-    mine = method_columns(vlm, batch, method, keep, **knobs)
-    along = [method_columns(vlm, batch, method, fraction, **knobs) for fraction in BUDGETS]
+    mine = {m: method_columns(vlm, batch, m, keep, **knobs) for m in methods}
+    along = {m: [method_columns(vlm, batch, m, fraction, **knobs) for fraction in BUDGETS] for m in methods}
     scores = importance_scores if importance_scores is not None else \
         token_importance(vlm, batch, "drop", layer, measure=measure, ref=ref, chunk=chunk, memory_mb=memory_mb)
-    size = len(batch)
-    effect, rand, best, recall, rho = (torch.zeros(size) for _ in range(5))
-    deletion, insertion = torch.zeros(size, len(BUDGETS)), torch.zeros(size, len(BUDGETS))
+    size, steps = len(batch), len(BUDGETS)
+    fields = {m: {name: torch.zeros(size) for name in ("effect", "random", "oracle", "recall", "spearman")}
+              for m in methods}
+    deletion = {m: torch.zeros(size, steps) for m in methods}
+    insertion = {m: torch.zeros(size, steps) for m in methods}
     with torch.inference_mode():
         recorded = record(vlm, batch, ref, layer)
         for b, lay in enumerate(batch.layouts):
             n, rec = lay.n_image_tokens, recorded[b]
-            k = len(mine[b])
-
-            def run(sets, b=b, rec=rec):  # effects of keeping only each row's columns, on the host
-                return effects_kept(vlm, rec, sets.to(vlm.device), ref, b, start=layer, measure=measure, chunk=chunk,
-                                    memory_mb=memory_mb).cpu()  # ok-host: once per set size
-            if oracle_sets is not None:
-                found = oracle_sets[b].cpu()
-                if len(found) != k:
-                    raise VTAError(f"sample {b}: the given oracle set keeps {len(found)} tokens, {method} keeps {k}; "
-                                   "search the oracle at the method's count.")
-            else:
-                found = search(vlm, rec, lay, k, "drop", ref, b, start=layer, measure=measure, chunk=chunk,
-                               memory_mb=memory_mb).cpu()  # ok-host: once per sample
-            kept = [mine[b], found] + [random_columns(n, k, seed=1000 * b + s) for s in range(seeds)]
-            out = run(torch.stack(kept))
-            effect[b], best[b], rand[b] = out[0], out[1], out[2:].mean()
-            for j in range(len(BUDGETS)):  # insertion: keep only the selection; deletion: keep the rest
-                selected = torch.zeros(n, dtype=torch.bool)
-                selected[along[j][b]] = True
-                insertion[b, j] = run(selected.nonzero().flatten()[None])[0]  # ok-host: the layout's host tensors
-                deletion[b, j] = run((~selected).nonzero().flatten()[None])[0]
-            recall[b] = torch.isin(found, mine[b]).float().mean()
-            first_kept = torch.full((n,), float(len(BUDGETS)))
-            for j in reversed(range(len(BUDGETS))):
-                first_kept[along[j][b]] = float(j)
-            rho[b] = spearman(-first_kept, scores[b, :n])
-    gap = rand - best
-    share = torch.where(gap > 0, (rand - effect) / gap, torch.full_like(gap, float("nan")))
-    return AgreementResult(method, keep, layer, measure, effect, rand, best, share, recall, rho, deletion, insertion,
-                           deletion.mean(1), insertion.mean(1), BUDGETS)
+            sets, found, at = [mine[m][b] for m in methods], {}, {}  # at[k]: where size k's oracle, then random sets sit
+            for k in sorted({len(mine[m][b]) for m in methods}):
+                if oracle_sets is not None:
+                    found[k] = oracle_sets[b].cpu()
+                    if len(found[k]) != k:
+                        wrong = next(m for m in methods if len(mine[m][b]) == k)
+                        raise VTAError(f"sample {b}: the given oracle set keeps {len(found[k])} tokens, {wrong} keeps "
+                                       f"{k}; search the oracle at the method's count.")
+                else:
+                    found[k] = search(vlm, rec, lay, k, "drop", ref, b, start=layer, measure=measure, chunk=chunk,
+                                      memory_mb=memory_mb).cpu()  # ok-host: once per sample and count
+                at[k] = len(sets)
+                sets += [found[k]] + [random_columns(n, k, seed=1000 * b + s) for s in range(seeds)]
+            curves = len(sets)  # then, per method and budget: insertion (keep only the selection), deletion (the rest)
+            for m in methods:
+                for j in range(steps):
+                    selected = torch.zeros(n, dtype=torch.bool)
+                    selected[along[m][j][b]] = True
+                    sets += [selected.nonzero().flatten(), (~selected).nonzero().flatten()]  # ok-host: host tensors
+            out = effects_of_sets(vlm, rec, sets, ref, b, start=layer, measure=measure, chunk=chunk,
+                                  memory_mb=memory_mb)
+            for i, m in enumerate(methods):
+                k, f = len(mine[m][b]), fields[m]
+                f["effect"][b], f["oracle"][b], f["random"][b] = out[i], out[at[k]], out[at[k] + 1:at[k] + 1 + seeds].mean()
+                first = curves + 2 * steps * i
+                insertion[m][b], deletion[m][b] = out[first:first + 2 * steps:2], out[first + 1:first + 2 * steps:2]
+                f["recall"][b] = torch.isin(found[k], mine[m][b]).float().mean()
+                first_kept = torch.full((n,), float(steps))
+                for j in reversed(range(steps)):
+                    first_kept[along[m][j][b]] = float(j)
+                f["spearman"][b] = spearman(-first_kept, scores[b, :n])
+    results = {}
+    for m in methods:
+        f = fields[m]
+        gap = f["random"] - f["oracle"]
+        share = torch.where(gap > 0, (f["random"] - f["effect"]) / gap, torch.full_like(gap, float("nan")))
+        results[m] = AgreementResult(m, keep, layer, measure, f["effect"], f["random"], f["oracle"], share,
+                                     f["recall"], f["spearman"], deletion[m], insertion[m], deletion[m].mean(1),
+                                     insertion[m].mean(1), BUDGETS)
+    return results

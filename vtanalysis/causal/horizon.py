@@ -22,7 +22,7 @@ import torch
 
 from ..errors import VTAError
 from .ablation import Reference, explained
-from .oracle import effects_kept, search
+from .oracle import effects_of_sets, search
 from .replay import each_sample, record
 from .selections import method_columns, random_columns, takes_layer
 
@@ -84,37 +84,66 @@ def horizon(vlm, batch, method: str, keep: float | int, *, seeds: int = 5, with_
     Returns:
         `HorizonResult` (tensors on the CPU).
     """
+    return horizons(vlm, batch, [method], keep, seeds=seeds, with_oracle=with_oracle, measure=measure, margin=margin,
+                    target=target, ref=ref, chunk=chunk, memory_mb=memory_mb, max_new_tokens=max_new_tokens,
+                    progress=progress, **knobs)[method]
+
+
+def horizons(vlm, batch, methods: list[str], keep: float | int, *, seeds: int = 5, with_oracle: bool = False,
+             measure: str = "kl", margin: float = MARGIN, target: list[str] | None = None,
+             ref: Reference | None = None, chunk: int | None = None, memory_mb: float = 1024, max_new_tokens: int = 8,
+             progress: bool = False, **knobs) -> dict[str, HorizonResult]:
+    """`horizon` of several methods at once: {method: HorizonResult}, each equal to its `horizon`.
+
+    The random selections (and oracle sets) depend only on the sample, the layer and the kept count,
+    so methods keeping the same count share them: per sample and layer, every set of one size is
+    replayed together, once. `knobs` go to every method."""
     if len(batch) == 0:
         raise VTAError("the batch is empty: prepare at least one sample.")
     if seeds < 1:
         raise VTAError(f"seeds={seeds}: give at least one random selection to compare with.")
+    if not methods:
+        return {}
     ref = explained(vlm, batch, ref, target, max_new_tokens)
     depth = vlm.num_layers
-    moving = takes_layer(method)
-    chosen = {l: method_columns(vlm, batch, method, keep, l if moving else None, **knobs)
-              for l in (range(1, depth) if moving and depth > 1 else [0])}
-    chosen.setdefault(0, chosen.get(1))  # layer 0: the earliest selection an in-LLM method can make (layer 1's)
-    kept = [len(c) for c in chosen[0]]
-    effect = torch.zeros(len(batch), depth)
-    rand = torch.zeros(len(batch), seeds, depth)
-    best = torch.zeros(len(batch), depth) if with_oracle else None
+    moving = {m: takes_layer(m) for m in methods}
+    chosen = {}  # per method, per layer it selects at, per sample: its kept columns
+    for m in methods:
+        chosen[m] = {l: method_columns(vlm, batch, m, keep, l if moving[m] else None, **knobs)
+                     for l in (range(1, depth) if moving[m] and depth > 1 else [0])}
+        chosen[m].setdefault(0, chosen[m].get(1))  # layer 0: the earliest selection an in-LLM method can make (layer 1's)
+    effect = {m: torch.zeros(len(batch), depth) for m in methods}
+    rand = {m: torch.zeros(len(batch), seeds, depth) for m in methods}
+    best = {m: torch.zeros(len(batch), depth) for m in methods} if with_oracle else None
+    desc = f"horizon ({', '.join(methods)}, keep {keep})"
     with torch.inference_mode():
         recorded = record(vlm, batch, ref, 0)
-        for b in each_sample(batch, progress, f"horizon ({method}, keep {keep})"):
+        for b in each_sample(batch, progress, desc):
             lay, rec = batch.layouts[b], recorded[b]
             n = lay.n_image_tokens
             for l in range(depth):
-                mine = chosen[l if moving else 0][b]
-                sets = [mine] + [random_columns(n, len(mine), seed=1000 * b + s) for s in range(seeds)]
-                if with_oracle:
-                    sets.append(search(vlm, rec, lay, len(mine), "drop", ref, b, start=l, measure=measure,
-                                       chunk=chunk, memory_mb=memory_mb).cpu())  # ok-host: once per layer
-                out = effects_kept(vlm, rec, torch.stack(sets).to(vlm.device), ref, b, start=l, measure=measure,
-                                   chunk=chunk, memory_mb=memory_mb).cpu()  # ok-host: once per layer
-                effect[b, l], rand[b, :, l] = out[0], out[1:1 + seeds]
-                if with_oracle:
-                    best[b, l] = out[-1]
-    random_mean = rand.mean(1).mean(0)
-    advantage = random_mean - effect.mean(0)
-    return HorizonResult(method, keep, list(range(depth)), effect, rand, best, kept, advantage,
-                         first_no_better(advantage, random_mean, margin), measure)
+                mine = {m: chosen[m][l if moving[m] else 0][b] for m in methods}
+                sizes = sorted({len(c) for c in mine.values()})
+                sets = [mine[m] for m in methods]
+                at = {}  # where each size's random sets (then its oracle set) start in `sets`
+                for k in sizes:
+                    at[k] = len(sets)
+                    sets += [random_columns(n, k, seed=1000 * b + s) for s in range(seeds)]
+                    if with_oracle:
+                        sets.append(search(vlm, rec, lay, k, "drop", ref, b, start=l, measure=measure, chunk=chunk,
+                                           memory_mb=memory_mb).cpu())  # ok-host: once per layer and size
+                out = effects_of_sets(vlm, rec, sets, ref, b, start=l, measure=measure, chunk=chunk,
+                                      memory_mb=memory_mb)
+                for j, m in enumerate(methods):
+                    k = len(mine[m])
+                    effect[m][b, l], rand[m][b, :, l] = out[j], out[at[k]:at[k] + seeds]
+                    if with_oracle:
+                        best[m][b, l] = out[at[k] + seeds]
+    results = {}
+    for m in methods:
+        random_mean = rand[m].mean(1).mean(0)
+        advantage = random_mean - effect[m].mean(0)
+        results[m] = HorizonResult(m, keep, list(range(depth)), effect[m], rand[m], best[m] if with_oracle else None,
+                                   [len(c) for c in chosen[m][0]], advantage,
+                                   first_no_better(advantage, random_mean, margin), measure)
+    return results

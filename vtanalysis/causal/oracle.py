@@ -49,6 +49,19 @@ def effects_kept(vlm, rec: Recorded, kept: torch.Tensor, ref: Reference, b: int,
                     lambda rows, log_probs: replay_kept(vlm, rec, rows, log_probs, ref.ids[b], ref.mask[b], start=start))
 
 
+def effects_of_sets(vlm, rec: Recorded, sets: list[torch.Tensor], ref: Reference, b: int, *, start: int,
+                    measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024) -> torch.Tensor:
+    """[len(sets)] on the CPU: `effects_kept` of each kept set (1-D column tensors of any sizes), one
+    replay per distinct size, so callers comparing many selections pay per size, not per set."""
+    out = torch.zeros(len(sets))
+    for size in sorted({len(s) for s in sets}):
+        rows = [j for j, s in enumerate(sets) if len(s) == size]
+        kept = torch.stack([sets[j] for j in rows]).to(vlm.device)
+        out[rows] = effects_kept(vlm, rec, kept, ref, b, start=start, measure=measure, chunk=chunk,
+                                 memory_mb=memory_mb).cpu()  # ok-host: once per set size
+    return out
+
+
 def search(vlm, rec: Recorded, lay, k: int, how: str, ref: Reference, b: int, *, start: int, step: int | None = None,
            measure: str = "kl", chunk: int | None = None, memory_mb: float = 1024) -> torch.Tensor:
     """[k] LongTensor (on the model's device, ascending): sample b's oracle kept columns at `start`."""

@@ -102,11 +102,10 @@ def compute(ctx: Context) -> dict:
         ref = causal.reference(vlm, batch)
         mine = objects[first_sample:first_sample + len(batch)]
         first_sample += len(batch)
-        for m in horizon_methods:
-            h = causal.horizon(vlm, batch, m, KEEP, seeds=SEEDS, ref=ref)
+        for m, h in causal.horizons(vlm, batch, horizon_methods, KEEP, seeds=SEEDS, ref=ref).items():
             horizon[m]["effect"] += h.effect.tolist()
             horizon[m]["random"] += h.random.mean(1).tolist()
-            bar.update()
+        bar.update(len(horizon_methods))
         edges = {e: e for e in KNOCKOUT_EDGES}
         if OBJECT_EDGE in knock:
             edges[OBJECT_EDGE] = causal.Edge([o if o is not None else torch.zeros(0, dtype=torch.long) for o in mine],
@@ -132,13 +131,15 @@ def compute(ctx: Context) -> dict:
         scores = causal.importance(vlm, batch, ref=ref)
         budget = tuple(keep_count(KEEP, lay.n_image_tokens) for lay in batch.layouts)
         found = oracle_for_counts(vlm, batch, budget, ref, step=ORACLE_STEP)
+        scored = []
         for m in agreement_methods:
             counts = tuple(len(c) for c in method_columns(vlm, batch, m, KEEP))
             if counts != budget:  # a multi-stage method's first stage keeps more: another objective
                 excluded[m] = f"keeps {counts[0]} tokens at its first stage, not {budget[0]}"
-                continue
-            a = causal.agreement(vlm, batch, m, KEEP, seeds=SEEDS, ref=ref, oracle_sets=found,
-                                importance_scores=scores)
+            else:
+                scored.append(m)
+        for m, a in causal.agreements(vlm, batch, scored, KEEP, seeds=SEEDS, ref=ref, oracle_sets=found,
+                                      importance_scores=scores).items():
             for key in agreement[m]:
                 agreement[m][key] += getattr(a, key).tolist()
         bar.update(len(batch))

@@ -106,18 +106,28 @@ class Context:
         """`evaluate` on the samples, once per (method, keep, seed, knobs): the cached result has
         per-sample `hits` (1 = exact match, in sample order) instead of the predictions, so that two
         runs can be compared pair-wise."""
-        from .evaluate import evaluate, normalise  # evaluate imports torch and the engine: only when asked
+        return self.evaluations([{"method": method, "keep": keep, "seed": seed, "knobs": knobs}])[0]
 
-        name = f"eval-{method}-{keep}-seed{seed}" + ("-knobs" if knobs else "")  # the key tells knobs apart
-        params = {**self.key, "knobs": knobs}
+    def evaluations(self, runs: list[dict]) -> list[dict]:
+        """`evaluation` of several runs ({"method", "keep", optional "seed" and "knobs"}): those not
+        cached yet are answered together (`evaluate_many`: one pass over the samples, each batch
+        prepared once), then each is cached as `evaluation` caches it."""
+        from .evaluate import evaluate_many, normalise  # evaluate imports torch and the engine: only when asked
 
-        def compute():  # the answers go to records/ per batch: an interrupted evaluation resumes
-            r = evaluate(self.vlm, self.samples, method=method, keep=keep, batch_size=self.batch_size,
-                         progress=self.progress, seed=seed, records=self.cache / "records" / f"{name}-{params_key(params)}",
-                         processes=self.processes, **knobs)
-            r["hits"] = [int(normalise(p) == normalise(s.answer)) for p, s in zip(r.pop("predictions"), self.samples)]
-            return r
-        return cached(self.cache, name, params, compute, self.processes)
+        runs = [{"seed": 0, "knobs": {}, **r} for r in runs]
+        # the name tells knobs apart; the params key the weights, data, samples and code
+        names = [f"eval-{r['method']}-{r['keep']}-seed{r['seed']}" + ("-knobs" if r["knobs"] else "") for r in runs]
+        params = [{**self.key, "knobs": r["knobs"]} for r in runs]
+        todo = [j for j in range(len(runs)) if not (self.cache / f"{names[j]}-{params_key(params[j])}.json").is_file()]
+        done = {}
+        if todo:  # the answers go to records/ per batch: an interrupted evaluation resumes
+            found = evaluate_many(self.vlm, self.samples, [runs[j] for j in todo], batch_size=self.batch_size,
+                                  progress=self.progress, processes=self.processes,
+                                  records=[self.cache / "records" / f"{names[j]}-{params_key(params[j])}" for j in todo])
+            for j, r in zip(todo, found):
+                r["hits"] = [int(normalise(p) == normalise(s.answer)) for p, s in zip(r.pop("predictions"), self.samples)]
+                done[j] = r
+        return [cached(self.cache, names[j], params[j], lambda j=j: done[j], self.processes) for j in range(len(runs))]
 
     def with_masks(self, samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray]]:
         """Those of `samples` with an object mask, and the masks: ground truth where the data has it

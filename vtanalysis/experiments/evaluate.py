@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import nullcontext
 from collections import defaultdict
 from pathlib import Path
 
@@ -90,82 +91,143 @@ def evaluate(vlm, samples: list[Sample], *, method: str = "none", keep: float | 
     Returns the `score` dict plus "method", "keep", "samples", "flops_ratio" (summed pruned over
     unpruned prefill FLOPs), "prefill_s" and "decode_s" (summed wall times), and "predictions".
     """
+    run = {"method": method, "keep": keep, "seed": seed, "knobs": knobs}
+    return evaluate_many(vlm, samples, [run], batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+                         records=None if records is None else [records], processes=processes)[0]
+
+
+def evaluate_many(vlm, samples: list[Sample], runs: list[dict], *, batch_size: int = 16, max_new_tokens: int = 3,
+                  progress: bool = True, records: list[str | Path] | None = None,
+                  processes: Processes = ONE) -> list[dict]:
+    """`evaluate` for several runs in one pass over the samples: each batch's images are loaded and
+    prepared once for all runs, and its vision tower runs once for all the runs of methods that
+    read nothing inside it (`tower_reuse.shareable`; [CLS]-attention methods run their own). Each
+    result equals `evaluate`'s for its run alone (tested), and its time fields still time only the
+    language model.
+
+    runs: one dict per run: "method", and optionally "keep" (1.0), "seed" (0), "knobs" ({}).
+    records: None, or one folder per run (see `evaluate`); an interrupted call resumes every run
+        after its own last written batch.
+    Returns one `evaluate` result per run, in order.
+    """
     from .. import prune
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VTAError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    prune.get(method)  # an unknown method fails here, before any record is written
+    runs = [_checked_run(r) for r in runs]
+    if not runs:
+        return []
+    for r in runs:
+        prune.get(r["method"])  # an unknown method fails here, before any record is written
+    if records is not None and len(records) != len(runs):
+        raise VTAError(f"{len(records)} records folders for {len(runs)} runs: give one folder per run.")
     if processes.world > 1 and records is None:
         raise VTAError("evaluating with several processes needs a records folder (`vtanalysis eval --out DIR`): "
                        "each process writes its answers there and the main process merges them.")
     start, stop = processes.span(len(samples))
-    settings = {"model": vlm.name, "method": method, "keep": keep, "seed": seed, "knobs": dict(knobs),
-                "batch_size": batch_size, "max_new_tokens": max_new_tokens, "samples": len(samples),
-                "part": [processes.rank, processes.world]}
-    path = None if records is None else Path(records) / f"part-{processes.rank}-of-{processes.world}.jsonl"
-    rows = _answer(vlm, samples, start, stop, method, keep, batch_size, max_new_tokens, seed, knobs, settings, path,
-                   progress and processes.main)
-    if processes.world > 1:
-        processes.wait()
-        rows = [r for rank in range(processes.world) for r in
-                _read_records(Path(records) / f"part-{rank}-of-{processes.world}.jsonl",
-                              {**settings, "part": [rank, processes.world]}, samples)[1]]
-        processes.wait()
-    if len(rows) != len(samples):
-        raise VTAError(f"{len(rows)} answers for {len(samples)} samples under {records}: a part is unfinished; "
-                       "run again with the same settings and number of processes.")
-    flops, full = sum(r["flops"] for r in rows), sum(r["flops_unpruned"] for r in rows)
-    predictions = [r["prediction"] for r in rows]
-    return {**score(predictions, samples), "method": method, "keep": keep, "samples": len(samples),
-            "flops_ratio": flops / full if full else 1.0, "prefill_s": sum(r["prefill_s"] for r in rows),
-            "decode_s": sum(r["decode_s"] for r in rows), "predictions": predictions}
+    settings = [{"model": vlm.name, "method": r["method"], "keep": r["keep"], "seed": r["seed"],
+                 "knobs": dict(r["knobs"]), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                 "samples": len(samples), "part": [processes.rank, processes.world]} for r in runs]
+    part = f"part-{processes.rank}-of-{processes.world}.jsonl"
+    answers = [_Answers(None if records is None else Path(records[j]) / part, settings[j], samples, start)
+               for j in range(len(runs))]
+    _answer(vlm, samples, start, stop, runs, answers, batch_size, max_new_tokens, progress and processes.main)
+    results = []
+    for j, r in enumerate(runs):
+        rows = answers[j].rows
+        if processes.world > 1:
+            processes.wait()
+            rows = [row for rank in range(processes.world) for row in
+                    _read_records(Path(records[j]) / f"part-{rank}-of-{processes.world}.jsonl",
+                                  {**settings[j], "part": [rank, processes.world]}, samples)[1]]
+            processes.wait()
+        if len(rows) != len(samples):
+            raise VTAError(f"{len(rows)} answers for {len(samples)} samples under {records[j]}: a part is "
+                           "unfinished; run again with the same settings and number of processes.")
+        flops, full = sum(row["flops"] for row in rows), sum(row["flops_unpruned"] for row in rows)
+        predictions = [row["prediction"] for row in rows]
+        results.append({**score(predictions, samples), "method": r["method"], "keep": r["keep"],
+                        "samples": len(samples), "flops_ratio": flops / full if full else 1.0,
+                        "prefill_s": sum(row["prefill_s"] for row in rows),
+                        "decode_s": sum(row["decode_s"] for row in rows), "predictions": predictions})
+    return results
 
 
-def _answer(vlm, samples, start, stop, method, keep, batch_size, max_new_tokens, seed, knobs, settings,
-            path: Path | None, progress: bool) -> list[dict]:
-    """Rows of samples[start:stop], answered batch by batch after those already in `path`."""
-    from tqdm.auto import tqdm
+def _checked_run(run: dict) -> dict:
+    unknown = set(run) - {"method", "keep", "seed", "knobs"}
+    if "method" not in run or unknown:
+        raise VTAError(f"a run is a dict with 'method' and optionally 'keep', 'seed' and 'knobs', got {run!r}.")
+    return {"keep": 1.0, "seed": 0, "knobs": {}, **run}
 
-    from .. import prune
-    from ..prune.flops import unpruned_prefill_flops
 
-    seeded = "seed" in prune.get(method).knobs
-    on_image = prune.get(method).where == "image"  # downsample: a smaller image, the unpruned model
-    rows, size, knobs = [], 0, dict(knobs)
-    if path is not None:
-        size, rows = _read_records(path, settings, samples) if path.is_file() else (0, [])
+class _Answers:
+    """One run's answered rows of samples[start:stop], and the records file they are appended to
+    (None: kept in memory only). Rows already in the file are read back: the run resumes after them."""
+
+    def __init__(self, path: Path | None, settings: dict, samples: list[Sample], start: int):
+        self.path, self.rows = path, []
+        if path is None:
+            return
+        size, self.rows = _read_records(path, settings, samples) if path.is_file() else (0, [])
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
             f.truncate(size)  # an unfinished last line is dropped
             if size == 0:
                 f.write(json.dumps({"settings": settings}, default=str) + "\n")
-    bar = tqdm(total=stop - start, initial=len(rows), desc=f"eval {method} keep {keep:g}", unit="sample",
-               disable=not progress)
-    for i in range(start + len(rows), stop, batch_size):
-        chunk = samples[i:min(i + batch_size, stop)]
-        images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
-        batch = vlm.prepare(images, questions)
-        if seeded:
-            knobs["seed"] = seed * len(samples) + i  # the run gives sample b of this chunk seed + b
-        if on_image:
-            full = unpruned_prefill_flops(vlm, batch)  # of the full-size images
-            res = prune.run(vlm, vlm.prepare(prune.downsampled(vlm, images, keep), questions), "none",
-                            max_new_tokens=max_new_tokens)
-        else:
-            res = prune.run(vlm, batch, method, keep, max_new_tokens=max_new_tokens, **knobs)
-            full = res.flops_unpruned
-        new = [{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
-                "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
-                "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)]
-        if path is not None:
-            with open(path, "a") as f:
+
+    def add(self, new: list[dict]) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in new))
                 f.flush()
                 os.fsync(f.fileno())
-        rows += new
-        bar.update(len(chunk))
+        self.rows += new
+
+
+def _answer(vlm, samples, start, stop, runs, answers: list[_Answers], batch_size, max_new_tokens, progress: bool):
+    """Answer samples[start:stop] for every run, batch by batch, after the rows each run already has."""
+    from tqdm.auto import tqdm
+
+    from .. import prune
+    from ..models.tower_reuse import TowerReuse, shareable
+
+    specs = [prune.get(r["method"]) for r in runs]
+    reuse = TowerReuse(vlm)
+    desc = f"eval {runs[0]['method']} keep {runs[0]['keep']:g}" if len(runs) == 1 else f"eval {len(runs)} runs"
+    bar = tqdm(total=(stop - start) * len(runs), initial=sum(len(a.rows) for a in answers), desc=desc,
+               unit="answer" if len(runs) > 1 else "sample", disable=not progress)
+    for i in range(start, stop, batch_size):
+        due = [j for j, a in enumerate(answers) if start + len(a.rows) == i]  # resumed runs skip their batches
+        if not due:
+            continue
+        chunk = samples[i:min(i + batch_size, stop)]
+        images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
+        batch = vlm.prepare(images, questions)
+        for j in due:
+            res, full = _run(vlm, batch, images, questions, runs[j], specs[j], i, len(samples), max_new_tokens,
+                             reuse.active() if shareable(specs[j]) else nullcontext())
+            answers[j].add([{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
+                             "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
+                             "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)])
+            bar.update(len(chunk))
     bar.close()
-    return rows
+
+
+def _run(vlm, batch, images, questions, run: dict, spec, first: int, n_samples: int, max_new_tokens: int, tower):
+    """(RunResult, unpruned prefill FLOPs per sample) of one run on one batch, starting at sample `first`."""
+    from .. import prune
+    from ..prune.flops import unpruned_prefill_flops
+
+    knobs = dict(run["knobs"])
+    if "seed" in spec.knobs:
+        knobs["seed"] = run["seed"] * n_samples + first  # the run gives sample b of this chunk seed + b
+    if spec.where == "image":  # downsample: a smaller image, the unpruned model
+        res = prune.run(vlm, vlm.prepare(prune.downsampled(vlm, images, run["keep"]), questions), "none",
+                        max_new_tokens=max_new_tokens)
+        return res, unpruned_prefill_flops(vlm, batch)  # of the full-size images
+    with tower:
+        res = prune.run(vlm, batch, run["method"], run["keep"], max_new_tokens=max_new_tokens, **knobs)
+    return res, res.flops_unpruned
 
 
 def _read_records(path: Path, settings: dict, samples: list[Sample]) -> tuple[int, list[dict]]:

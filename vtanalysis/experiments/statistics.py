@@ -120,11 +120,14 @@ def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> lis
     and the min-max over seeds."""
     from ..prune.registry import get
 
+    methods = [m for m in methods if vision_refusal(ctx.vlm, get(m).needs) is None]
+    # every run answered in one pass over the samples (each batch prepared once), then read back
+    ctx.evaluations([{"method": "none", "keep": 1.0}] + [
+        {"method": m, "keep": k, "seed": seed} for m in methods for k in keeps
+        for seed in (SEEDS if "seed" in get(m).knobs else (0,))])
     base = ctx.evaluation("none", 1.0)
     rows = [{"method": "none", "keep": 1.0, **accuracy_row(base, base)}]
     for m in methods:
-        if vision_refusal(ctx.vlm, get(m).needs) is not None:
-            continue
         for k in keeps:
             if "seed" not in get(m).knobs:
                 rows.append({"method": m, "keep": k, **accuracy_row(ctx.evaluation(m, k), base)})

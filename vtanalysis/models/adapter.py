@@ -158,6 +158,13 @@ class Adapter:
         n = config.vision_config.num_hidden_layers
         return n + f if f < 0 else f - 1
 
+    def vision_tower(self, model: nn.Module) -> nn.Module | None:
+        """The module that turns the processor's pixel inputs into vision features, its output a
+        function of its arguments alone (`vision_tower`; Qwen-VL: `visual`), or None where the
+        family has no such module."""
+        inner = getattr(model, "model", None)
+        return getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)
+
     def vision_encoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The vision tower's encoder layers (CLIP / SigLIP: `vision_model.encoder.layers`)."""
         tower = model.model.vision_tower

@@ -161,6 +161,8 @@ class Pruner:
         pre: the method acts before the LLM: one stage at layer 0 choosing from input embeddings.
         crops: pre-LLM stages with per-crop budgets (`Stage.per_crop`): per sample, per crop, its
             patch columns (`vision.crop_columns`).
+        select_only: raise `Selected` once the last stage has chosen, before that layer runs: the
+            caller wants the selection (`prune.select`), and no later layer can change it.
         ordered: (pre-LLM only) the chooser's indices, in the order returned and repeats included,
             make up each image's part of the shortened sequence (VisionZip's [CLS, dominant,
             contextual] order; AdaFV's duplicated tokens with dedupe=False). Otherwise the kept
@@ -175,7 +177,7 @@ class Pruner:
 
     def __init__(self, vlm, batch, stages: list[Stage], choose, *, positions: str = "original",
                  needs: tuple[str, ...] = (), vision=None, pre: bool = False, ordered: bool = False,
-                 crops: list | None = None):
+                 crops: list | None = None, select_only: bool = False):
         if positions not in ("original", "renumber"):
             raise VTAError(f"positions must be 'original' or 'renumber', not {positions!r}.")
         if positions == "renumber" and vlm.adapter.mrope:
@@ -190,6 +192,7 @@ class Pruner:
         if ordered and not pre:
             raise VTAError("ordered selections are for pre-LLM methods (one stage at layer 0).")
         self.vlm, self.batch, self.stages, self.choose, self.ordered = vlm, batch, stages, choose, ordered
+        self.select_only = select_only
         self.positions, self.needs, self.vision = positions, needs, vision
         self.lm = vlm.adapter.language_model(vlm.model)
         self.layers = vlm.decoder_layers
@@ -365,6 +368,8 @@ class Pruner:
                     if "own_rows" in self.needs:
                         self._own_rows(s, l, hidden_states, attention_mask, position_ids, position_embeddings)
                     self._select(s, hidden_states)
+                    if self.select_only and s == len(self.stages) - 1:
+                        raise Selected
                 hidden_states = gather_seq(hidden_states, self._cached(s, "seq", lambda: self._seq_index(s), dev))
             mask = self._cached(s, "mask", lambda: self._mask(s, hidden_states.dtype), dev)
             ropes = self._cached(s, "rope", lambda: self._rope(s, position_embeddings, position_ids, hidden_states),
@@ -630,6 +635,10 @@ def check_window(vlm, length: int) -> None:
 
 class _Caught(Exception):
     """Stops an attention forward once its queries and keys are known."""
+
+
+class Selected(Exception):
+    """Stops the forward pass of a `Pruner(select_only=True)` once its last stage has chosen."""
 
 
 def append_generated(base: torch.Tensor, start: int, extra: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..errors import MethodError, VTAError
 from ..rules.budget import crop_budgets
 from .._core.scoped import scoped
 from .budget import average_tokens, keeps_everything
-from .engine import Pruner, Stage, check_window
+from .engine import Pruner, Selected, Stage, check_window
 from .flops import prefill_flops, unpruned_prefill_flops
 from .registry import get
 from .vision import VisionCapture, crop_columns, full_crop_tokens, require_cls
@@ -159,12 +159,19 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
             layer=3 (FastV/AdaptPrune), layers=/counts= (AdaptInfer), seed=1 (random); an option the
             method does not have is an error.
     """
+    max_new_tokens = decoding_length(vlm, batch, max_new_tokens, forced_ids)
+    spec, pruner, contexts = _set_up(vlm, batch, method, keep, positions, knobs)
+    return generate(vlm, batch, pruner, name=method, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                    forced_ids=forced_ids, contexts=contexts, ordered=spec.ordered)
+
+
+def _set_up(vlm, batch, method: str, keep, positions: str | None, knobs: dict, select_only: bool = False):
+    """(the method's spec, its `Pruner` for this batch, the contexts `generate` enters before it)."""
     spec = get(method)
     if spec.where == "image" and not keeps_everything(keep, min(lay.n_image_tokens for lay in batch.layouts)):
         raise VTAError(f"'{method}' changes the image before the processor, and this batch is already processed: "
                        f"prepare the batch from prune.downsampled(vlm, images, keep) and run 'none' on it "
                        f"(`vtanalysis.evaluate` and `vtanalysis eval --method {method}` do this).")
-    max_new_tokens = decoding_length(vlm, batch, max_new_tokens, forced_ids)
     if "cls" in spec.needs:
         require_cls(vlm, method, spec.needs)
     knobs, choose_knobs = spec.split_knobs(knobs)
@@ -178,13 +185,12 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     positions = positions or spec.positions
     capture = VisionCapture(vlm) if "cls" in spec.needs else None
     pruner = Pruner(vlm, batch, stages, choose, positions=positions, needs=spec.needs, vision=capture,
-                    pre=spec.where == "pre", ordered=spec.ordered, crops=crops)
+                    pre=spec.where == "pre", ordered=spec.ordered, crops=crops, select_only=select_only)
 
     def contexts():  # built inside inference mode, entered before the pruner
         merge = spec.prepare(vlm, batch, stages[0], capture, crops) if spec.prepare and stages else None
         return [capture, merge]
-    return generate(vlm, batch, pruner, name=method, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                    forced_ids=forced_ids, contexts=contexts, ordered=spec.ordered)
+    return spec, pruner, contexts
 
 
 def decoding_length(vlm, batch, max_new_tokens: int, forced_ids: torch.Tensor | None) -> int:
@@ -207,37 +213,51 @@ def generate(vlm, batch, pruner: Pruner, *, name: str, max_new_tokens: int, use_
     """Greedy generation of `batch` with `pruner` applying its stages (see `run`; `vtanalysis.causal`
     builds its own stages and calls this too). `contexts()` returns context managers (or None) entered,
     inside inference mode, before the pruner: a vision capture, a method's merge, an input edit."""
-    inputs = batch.to(vlm.device).model_inputs
-    tok = vlm.processor.tokenizer
-    timer = _Timer(pruner.lm, set(pruner.layer_device))
-    try:
-        with ExitStack() as stack, torch.inference_mode():
-            entered = [ctx for ctx in contexts() if ctx is not None]
-            for ctx in (*entered, pruner):
-                stack.enter_context(ctx)
-            # an answer never contains image placeholders (random test models could emit one)
-            out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
-                                     return_dict_in_generate=True, output_logits=True,
-                                     suppress_tokens=[vlm.adapter.image_token_id(vlm.config)],
-                                     logits_processor=None if forced_ids is None else
-                                     [_Force(forced_ids.to(vlm.device), inputs["input_ids"].shape[1])],
-                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    finally:
-        timer.remove()
+    out, times = _generate(vlm, batch, pruner, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                           forced_ids=forced_ids, contexts=contexts)
+    inputs = batch.model_inputs
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
-    stages = pruner.stages
-    for ctx in entered:  # VisionZip's [CLS] rode in these columns' slots: they are not kept patches
-        for st in stages:
-            for b, extra in enumerate(getattr(ctx, "stand_ins", None) or []):
-                if extra:
-                    st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
-    result = _result(vlm, batch, name, stages, new, out.logits[0], timer.times, repeats=ordered)
+    result = _result(vlm, batch, name, pruner.stages, new, out.logits[0], times, repeats=ordered)
     # transformers >= 5.25 names the output's cache `cache` (`past_key_values` warns there)
     field = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
     result.kv_cache_bytes = _cache_bytes(out.get(field))
     if forced_ids is not None:
         result.step_logits = torch.stack(out.logits, 1).float().cpu()  # ok-host: the result, once, after generation
     return result
+
+
+def _generate(vlm, batch, pruner: Pruner, *, max_new_tokens: int, use_cache: bool = True,
+              forced_ids: torch.Tensor | None = None, contexts=lambda: []):
+    """(`model.generate`'s output, or None where a select-only pruner stopped the prefill; the language
+    model's call times). The pruner's stages hold its selection afterwards."""
+    inputs = batch.to(vlm.device).model_inputs
+    tok = vlm.processor.tokenizer
+    timer = _Timer(pruner.lm, set(pruner.layer_device))
+    out, entered = None, []
+    try:
+        with ExitStack() as stack, torch.inference_mode():
+            entered = [ctx for ctx in contexts() if ctx is not None]
+            for ctx in (*entered, pruner):
+                stack.enter_context(ctx)
+            try:
+                # an answer never contains image placeholders (random test models could emit one)
+                out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
+                                         return_dict_in_generate=True, output_logits=True,
+                                         suppress_tokens=[vlm.adapter.image_token_id(vlm.config)],
+                                         logits_processor=None if forced_ids is None else
+                                         [_Force(forced_ids.to(vlm.device), inputs["input_ids"].shape[1])],
+                                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            except Selected:
+                if not pruner.select_only:
+                    raise
+    finally:
+        timer.remove()
+    for ctx in entered:  # VisionZip's [CLS] rode in these columns' slots: they are not kept patches
+        for st in pruner.stages:
+            for b, extra in enumerate(getattr(ctx, "stand_ins", None) or []):
+                if extra:
+                    st.columns[b] = st.columns[b][~torch.isin(st.columns[b], torch.cat(extra))]
+    return out, timer.times
 
 
 class _Force(transformers.LogitsProcessor):
@@ -261,13 +281,19 @@ def _cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -> RunResult:
+def _kept(method, stages, repeats=False) -> list[Stage]:
+    """The stages with their kept columns on the CPU, checked for repeats (unless the method's order
+    and repeats count: `ordered`)."""
     for st in stages if not repeats else []:  # checked once here, not mid-prefill: a duplicate would be a silent filler
         for cols in st.columns:
             if cols.unique().numel() != cols.numel():
                 raise MethodError(f"method '{method}' selected a token twice at layer {st.layer}; a chooser must "
                                   "return distinct indices.")
-    stages = [_on_host(st) for st in stages]
+    return [_on_host(st) for st in stages]
+
+
+def _result(vlm, batch, method, stages, new_ids, logits, times, repeats=False) -> RunResult:
+    stages = _kept(method, stages, repeats)
     cfg = vlm.config.text_config
     d, m, depth = cfg.hidden_size, cfg.intermediate_size, vlm.num_layers
     flops, full = [], unpruned_prefill_flops(vlm, batch)
@@ -317,7 +343,8 @@ def _on_host(stage: Stage) -> Stage:
 
 
 def select(vlm, batch, method: str = "fastv", keep: float | int = 0.25, **knobs) -> list[list[torch.Tensor]]:
-    """Just the selection: per stage, per sample, the kept layout columns (one prefill pass).
+    """Just the selection: per stage, per sample, the kept layout columns (one prefill pass, up to the
+    last stage's layer: the layers after it cannot change what was chosen).
 
     Arguments as `run`: `select(vlm, batch, "fastv", keep=0.25)`. The order of earlier releases,
     `select("fastv", vlm, batch, keep)`, still works with a DeprecationWarning."""
@@ -325,4 +352,8 @@ def select(vlm, batch, method: str = "fastv", keep: float | int = 0.25, **knobs)
         warnings.warn("prune.select(name, vlm, batch, ...) is deprecated; call prune.select(vlm, batch, name, keep) "
                       "like prune.run.", DeprecationWarning, stacklevel=2)
         vlm, batch, method = batch, method, vlm
-    return run(vlm, batch, method, keep, max_new_tokens=1, **knobs).kept
+    check_window(vlm, batch.model_inputs["input_ids"].shape[1] + 1)
+    spec, pruner, contexts = _set_up(vlm, batch, method, keep, None, knobs, select_only=True)
+    # the prefill stops once the last stage has chosen: later layers cannot change the selection
+    _generate(vlm, batch, pruner, max_new_tokens=1, contexts=contexts)
+    return [st.columns for st in _kept(method, pruner.stages, spec.ordered)]
