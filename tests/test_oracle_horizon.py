@@ -159,6 +159,27 @@ def test_methods_measured_together_get_the_numbers_each_gets_alone(images):
                 (m, name)
 
 
+def test_causal_analyses_sharing_the_vision_tower_measure_what_they_measure_alone(images):
+    """Inside `tower_reuse.sharing` the reference, knockouts, replays and selections of one batch run
+    its vision tower once (the main job's causal figures do); every number must equal the one
+    measured without sharing, and a [CLS] method (fastervlm) must still see its own tower pass."""
+    from vtanalysis.models.tower_reuse import sharing
+
+    vlm = tiny.build("llava", seed=3, num_layers=4)
+    batch = vlm.prepare(images[:2], QUESTIONS[:2])
+
+    def measured():
+        ref = causal.reference(vlm, batch, max_new_tokens=2)
+        knocked = causal.knockout(vlm, batch, "image->last", [1, 2], ref=ref).kl
+        h = causal.horizons(vlm, batch, ["fastv", "fastervlm", "pool"], 0.25, seeds=2, ref=ref)
+        return [ref.log_probs, knocked] + [t for r in h.values() for t in (r.effect, r.random)]
+    alone = measured()
+    with sharing(vlm) as reuse:
+        shared = measured()
+    assert all(torch.equal(a, b) for a, b in zip(alone, shared))
+    assert reuse.calls - reuse.reused == 1 and reuse.reused >= 5  # the tower ran once for every shared pass
+
+
 @pytest.mark.parametrize("call, says", [
     (lambda v, b: causal.oracle(v, b, 1.5), "outside (0, 1]"),
     (lambda v, b: causal.oracle(v, b, 10_000), "larger than the image"),

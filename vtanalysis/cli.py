@@ -450,7 +450,7 @@ def eval_cmd(
 
     from .data.dataset import read_samples
     from .errors import VTAError
-    from .experiments.evaluate import evaluate
+    from .experiments.evaluate import evaluate_many
     from .models import load_vlm
 
     try:
@@ -468,15 +468,17 @@ def eval_cmd(
                 procs.wait()
             rows = read_samples(data)[:samples]
 
-            def run(name, **knobs):
-                return evaluate(vlm, rows, method=name, keep=ratio, batch_size=batch_size, progress=not json_out,
-                                records=out / f"{name}-keep{keep}" if out is not None else None, processes=procs,
-                                **knobs)
-            result = run(method, **_parse_knobs(knob))
-            others = {}
-            for base in ("random", "uniform", "pool") if baselines and method not in ("none", "random", "uniform", "pool") else ():
-                others[base] = run(base)
-                others[base].pop("predictions")
+            names = [method] + [base for base in ("random", "uniform", "pool")
+                                if baselines and method not in ("none", "random", "uniform", "pool")]
+            runs = [{"method": name, "keep": ratio, "knobs": _parse_knobs(knob) if name == method else {}}
+                    for name in names]
+            # one pass over the samples: each batch prepared once for the method and its baselines
+            result, *rest = evaluate_many(vlm, rows, runs, batch_size=batch_size, progress=not json_out,
+                                          records=None if out is None else [out / f"{n}-keep{keep}" for n in names],
+                                          processes=procs)
+            others = dict(zip(names[1:], rest))
+            for r in rest:
+                r.pop("predictions")
     except VTAError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)

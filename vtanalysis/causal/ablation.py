@@ -113,7 +113,7 @@ def _target_ids(vlm, target: list[str], batch_size: int) -> tuple[torch.Tensor, 
 
 def _unablated(vlm, batch, forced_ids=None, max_new_tokens: int = 8):
     pruner = Pruner(vlm, batch, [], None)
-    return generate(vlm, batch, pruner, name="reference", forced_ids=forced_ids,
+    return generate(vlm, batch, pruner, name="reference", forced_ids=forced_ids, share_tower=True,
                     max_new_tokens=decoding_length(vlm, batch, max_new_tokens, forced_ids))
 
 
@@ -209,7 +209,7 @@ def measure(vlm, batch, ref: Reference, *, name: str, stages=(), choose=None, pr
     attaching an edit) under teacher forcing of `ref`'s answer, and measure the change against `ref`."""
     def run(forced_ids=None):
         pruner = Pruner(vlm, batch, list(stages), choose, positions="original", pre=pre)
-        return generate(vlm, batch, pruner, name=name, forced_ids=forced_ids, contexts=contexts,
+        return generate(vlm, batch, pruner, name=name, forced_ids=forced_ids, contexts=contexts, share_tower=True,
                         max_new_tokens=decoding_length(vlm, batch, max_new_tokens, forced_ids))
 
     forced = run(ref.ids)

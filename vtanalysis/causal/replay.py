@@ -107,7 +107,7 @@ def record(vlm, batch, ref, layer: int) -> list[Recorded]:
 
     # a cache-less step re-runs the whole sequence: the last one is prompt + answer[:-1] in one pass
     generate(vlm, batch, Pruner(vlm, batch, [], None), name="record", forced_ids=ref.ids, use_cache=False,
-             contexts=lambda: [Recording()], max_new_tokens=decoding_length(vlm, batch, 8, ref.ids))
+             contexts=lambda: [Recording()], max_new_tokens=decoding_length(vlm, batch, 8, ref.ids), share_tower=True)
     size, prompt_len = len(batch), batch.model_inputs["input_ids"].shape[1]
     out = []
     for b, lay in enumerate(batch.layouts):

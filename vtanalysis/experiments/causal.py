@@ -74,6 +74,13 @@ def _runs(vlm, batch, method: str) -> bool:
 
 
 def compute(ctx: Context) -> dict:
+    from ..models.tower_reuse import sharing
+
+    with sharing(ctx.vlm):  # every analysis of a batch reuses its vision tower's output
+        return _compute(ctx)
+
+
+def _compute(ctx: Context) -> dict:
     import torch
 
     from .. import causal

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import nullcontext
 from collections import defaultdict
 from pathlib import Path
 
@@ -189,31 +188,35 @@ def _answer(vlm, samples, start, stop, runs, answers: list[_Answers], batch_size
     from tqdm.auto import tqdm
 
     from .. import prune
-    from ..models.tower_reuse import TowerReuse, shareable
+    from ..models.tower_reuse import sharing
 
     specs = [prune.get(r["method"]) for r in runs]
-    reuse = TowerReuse(vlm)
     desc = f"eval {runs[0]['method']} keep {runs[0]['keep']:g}" if len(runs) == 1 else f"eval {len(runs)} runs"
     bar = tqdm(total=(stop - start) * len(runs), initial=sum(len(a.rows) for a in answers), desc=desc,
                unit="answer" if len(runs) > 1 else "sample", disable=not progress)
-    for i in range(start, stop, batch_size):
-        due = [j for j, a in enumerate(answers) if start + len(a.rows) == i]  # resumed runs skip their batches
-        if not due:
-            continue
-        chunk = samples[i:min(i + batch_size, stop)]
-        images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
-        batch = vlm.prepare(images, questions)
-        for j in due:
-            res, full = _run(vlm, batch, images, questions, runs[j], specs[j], i, len(samples), max_new_tokens,
-                             reuse.active() if shareable(specs[j]) else nullcontext())
-            answers[j].add([{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
-                             "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
-                             "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)])
-            bar.update(len(chunk))
+    with sharing(vlm):  # a batch's runs reuse its vision tower's output where they may (`prune.run`)
+        for i in range(start, stop, batch_size):
+            _answer_batch(vlm, samples, start, stop, i, runs, specs, answers, batch_size, max_new_tokens, bar)
     bar.close()
 
 
-def _run(vlm, batch, images, questions, run: dict, spec, first: int, n_samples: int, max_new_tokens: int, tower):
+def _answer_batch(vlm, samples, start, stop, i, runs, specs, answers, batch_size, max_new_tokens, bar) -> None:
+    """Answer the batch starting at sample i for every run that has not answered it yet."""
+    due = [j for j, a in enumerate(answers) if start + len(a.rows) == i]  # resumed runs skip their batches
+    if not due:
+        return
+    chunk = samples[i:min(i + batch_size, stop)]
+    images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
+    batch = vlm.prepare(images, questions)
+    for j in due:
+        res, full = _run(vlm, batch, images, questions, runs[j], specs[j], i, len(samples), max_new_tokens)
+        answers[j].add([{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
+                         "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
+                         "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)])
+        bar.update(len(chunk))
+
+
+def _run(vlm, batch, images, questions, run: dict, spec, first: int, n_samples: int, max_new_tokens: int):
     """(RunResult, unpruned prefill FLOPs per sample) of one run on one batch, starting at sample `first`."""
     from .. import prune
     from ..prune.flops import unpruned_prefill_flops
@@ -225,8 +228,7 @@ def _run(vlm, batch, images, questions, run: dict, spec, first: int, n_samples: 
         res = prune.run(vlm, vlm.prepare(prune.downsampled(vlm, images, run["keep"]), questions), "none",
                         max_new_tokens=max_new_tokens)
         return res, unpruned_prefill_flops(vlm, batch)  # of the full-size images
-    with tower:
-        res = prune.run(vlm, batch, run["method"], run["keep"], max_new_tokens=max_new_tokens, **knobs)
+    res = prune.run(vlm, batch, run["method"], run["keep"], max_new_tokens=max_new_tokens, **knobs)
     return res, res.flops_unpruned
 
 

@@ -1,8 +1,9 @@
 """`TowerReuse`: the vision tower runs once for several generations of one prepared batch.
 
-Evaluating many pruning runs on the same batch (`evaluate.evaluate_many`) hands the model the
-same processor outputs once per run, and every run's vision tower computes the same features
-from them. Inside `reuse.active()` the tower's forward is wrapped (a scoped "around" callback:
+Evaluating many pruning runs on the same batch (`evaluate.evaluate_many`), or measuring many
+ablations of it (`vtanalysis.causal`), hands the model the same processor outputs again and again,
+and every pass's vision tower computes the same features from them. Inside `sharing(vlm)` the
+generations that may share it enter `shared_tower(vlm)`. Inside `reuse.active()` the tower's forward is wrapped (a scoped "around" callback:
 this context only, other threads untouched): a call with the same tensors (the same objects, or
 equal ones) and equal other arguments returns the output of the last call, which computed exactly
 that. Only what
@@ -15,7 +16,8 @@ size (on a GPU, one batch of a 7B model's features is what generation holds anyw
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 
 import torch
 
@@ -23,10 +25,33 @@ from .._core.perf import deliberate_sync
 from .._core.scoped import scoped
 
 
+_SHARING: ContextVar["TowerReuse | None"] = ContextVar("vtanalysis_tower_sharing", default=None)
+
+
+@contextmanager
+def sharing(vlm):
+    """A block in which `vlm`'s generations that read nothing inside the vision tower (`prune.run` and
+    `prune.select` of `shareable` methods, the causal ablations) reuse the tower's output for the
+    inputs it last saw. For this thread (context) only; yields the `TowerReuse`."""
+    reuse = TowerReuse(vlm)
+    token = _SHARING.set(reuse)
+    try:
+        yield reuse
+    finally:
+        _SHARING.reset(token)
+
+
+def shared_tower(vlm):
+    """Inside `sharing(vlm)`: the context that lets one generation reuse the tower; else a null context."""
+    reuse = _SHARING.get()
+    return reuse.active() if reuse is not None and reuse.vlm is vlm else nullcontext()
+
+
 class TowerReuse:
     """The last vision-tower call of `vlm` and its output, reused while `active()`."""
 
     def __init__(self, vlm):
+        self.vlm = vlm
         self.tower = vlm.adapter.vision_tower(vlm.model)
         self.calls = self.reused = 0  # tower calls seen while active, and how many were answered from the last
         self._last = None  # (args, kwargs, output)

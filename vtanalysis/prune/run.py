@@ -14,6 +14,7 @@ from ..errors import MethodError, VTAError
 from ..rules.budget import crop_budgets
 from .._core.scoped import scoped
 from .budget import average_tokens, keeps_everything
+from ..models.tower_reuse import shareable, shared_tower
 from .engine import Pruner, Selected, Stage, check_window
 from .flops import prefill_flops, unpruned_prefill_flops
 from .registry import get
@@ -162,7 +163,7 @@ def run(vlm, batch, method: str = "fastv", keep: float | int = 0.25, *, max_new_
     max_new_tokens = decoding_length(vlm, batch, max_new_tokens, forced_ids)
     spec, pruner, contexts = _set_up(vlm, batch, method, keep, positions, knobs)
     return generate(vlm, batch, pruner, name=method, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                    forced_ids=forced_ids, contexts=contexts, ordered=spec.ordered)
+                    forced_ids=forced_ids, contexts=contexts, ordered=spec.ordered, share_tower=shareable(spec))
 
 
 def _set_up(vlm, batch, method: str, keep, positions: str | None, knobs: dict, select_only: bool = False):
@@ -209,12 +210,15 @@ def decoding_length(vlm, batch, max_new_tokens: int, forced_ids: torch.Tensor | 
 
 
 def generate(vlm, batch, pruner: Pruner, *, name: str, max_new_tokens: int, use_cache: bool = True,
-             forced_ids: torch.Tensor | None = None, contexts=lambda: [], ordered: bool = False) -> RunResult:
+             forced_ids: torch.Tensor | None = None, contexts=lambda: [], ordered: bool = False,
+             share_tower: bool = False) -> RunResult:
     """Greedy generation of `batch` with `pruner` applying its stages (see `run`; `vtanalysis.causal`
     builds its own stages and calls this too). `contexts()` returns context managers (or None) entered,
-    inside inference mode, before the pruner: a vision capture, a method's merge, an input edit."""
+    inside inference mode, before the pruner: a vision capture, a method's merge, an input edit.
+    `share_tower`: nothing here reads inside the vision tower, so within `tower_reuse.sharing(vlm)`
+    its output for the same inputs is reused."""
     out, times = _generate(vlm, batch, pruner, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                           forced_ids=forced_ids, contexts=contexts)
+                           forced_ids=forced_ids, contexts=contexts, share_tower=share_tower)
     inputs = batch.model_inputs
     new = out.sequences[:, inputs["input_ids"].shape[1]:]
     result = _result(vlm, batch, name, pruner.stages, new, out.logits[0], times, repeats=ordered)
@@ -227,7 +231,7 @@ def generate(vlm, batch, pruner: Pruner, *, name: str, max_new_tokens: int, use_
 
 
 def _generate(vlm, batch, pruner: Pruner, *, max_new_tokens: int, use_cache: bool = True,
-              forced_ids: torch.Tensor | None = None, contexts=lambda: []):
+              forced_ids: torch.Tensor | None = None, contexts=lambda: [], share_tower: bool = False):
     """(`model.generate`'s output, or None where a select-only pruner stopped the prefill; the language
     model's call times). The pruner's stages hold its selection afterwards."""
     inputs = batch.to(vlm.device).model_inputs
@@ -236,6 +240,8 @@ def _generate(vlm, batch, pruner: Pruner, *, max_new_tokens: int, use_cache: boo
     out, entered = None, []
     try:
         with ExitStack() as stack, torch.inference_mode():
+            if share_tower:
+                stack.enter_context(shared_tower(vlm))
             entered = [ctx for ctx in contexts() if ctx is not None]
             for ctx in (*entered, pruner):
                 stack.enter_context(ctx)
@@ -355,5 +361,5 @@ def select(vlm, batch, method: str = "fastv", keep: float | int = 0.25, **knobs)
     check_window(vlm, batch.model_inputs["input_ids"].shape[1] + 1)
     spec, pruner, contexts = _set_up(vlm, batch, method, keep, None, knobs, select_only=True)
     # the prefill stops once the last stage has chosen: later layers cannot change the selection
-    _generate(vlm, batch, pruner, max_new_tokens=1, contexts=contexts)
+    _generate(vlm, batch, pruner, max_new_tokens=1, contexts=contexts, share_tower=shareable(spec))
     return [st.columns for st in _kept(method, pruner.stages, spec.ordered)]
