@@ -131,3 +131,18 @@ def test_a_change_point_the_control_shares_is_not_a_finding():
     rows = _schedule_rows(ctx, {**result, "inflections": [even, shared]})
     assert rows[0]["verdict"] == "reproduced" and rows[0]["measured"].startswith("inflection layers (confidence): 7 ")
     assert rows[1]["measured"] == "the inflection layers [7] are the evenly spaced ones: no control"  # 9 left out
+
+
+def test_a_schedule_the_control_cannot_meet_is_named_as_the_controls():
+    """AdaptInfer schedule row: keep 0.25 of 144 tokens averages 36 per layer, so a control whose first
+    stage starts after layer 7 (72 on average already) has no schedule. The row must say that the
+    evenly spaced control failed, not the schedule at the model's inflection layer (which exists)."""
+    from types import SimpleNamespace
+
+    from vtanalysis.experiments.findings import _schedule_rows
+
+    ctx = SimpleNamespace(vlm=SimpleNamespace(num_layers=16))
+    early = {"layer": 1.0, "confidence": 0.9, "curve": "image_mass", "in_control": False}
+    rows = _schedule_rows(ctx, {"inflections": [early], "control": None, "samples": 40, "n_image_tokens": 144})
+    assert rows[1]["verdict"] == "inconclusive"
+    assert rows[1]["measured"].startswith("no schedule of the evenly spaced control (after layers [7]): budget 36")

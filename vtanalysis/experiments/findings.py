@@ -111,14 +111,15 @@ def _schedule_rows(ctx, result: dict) -> list[dict]:
     if sorted(even) == sorted(at):
         return rows + [{"claim": claim, "source": "AdaptInfer", "n": 0, "verdict": "inconclusive",
                         "measured": f"the inflection layers {at} are the evenly spaced ones: no control"}]
-    try:
-        runs = [ctx.evaluation("adaptinfer", SCHEDULE_KEEP,
-                               **schedule_from_inflections(layers_, n_layers, n_image, SCHEDULE_KEEP))
-                for layers_ in (at, even)]
-    except VTAError as err:
-        return rows + [{"claim": claim, "source": "AdaptInfer", "n": 0, "verdict": "inconclusive",
-                        "measured": f"no schedule: {err}"}]
-    row = compare(claim, "AdaptInfer", *runs, at_least=False, samples=ctx.samples)
+    schedules = []
+    for layers_, which in ((at, "at the inflection layers"), (even, "of the evenly spaced control")):
+        try:
+            schedules.append(schedule_from_inflections(layers_, n_layers, n_image, SCHEDULE_KEEP))
+        except VTAError as err:  # say whose schedule failed: the control's failing is no fault of the model's
+            return rows + [{"claim": claim, "source": "AdaptInfer", "n": 0, "verdict": "inconclusive",
+                            "measured": f"no schedule {which} (after layers {layers_}): {err}"}]
+    runs = [{"method": "adaptinfer", "keep": SCHEDULE_KEEP, "knobs": knobs} for knobs in schedules]
+    row = compare(claim, "AdaptInfer", *ctx.evaluations(runs), at_least=False, samples=ctx.samples)
     row["measured"] = f"after layers {at} vs {even}: " + row["measured"].replace("adaptinfer", "schedule")
     return rows + [row]
 
