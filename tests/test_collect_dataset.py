@@ -36,6 +36,12 @@ def test_means_equal_the_mean_of_single_records(vlm, tmp_path):
     want = torch.stack([r.layout.grids[0].to_map(r.text_to_image[:, -1]) for r in recs]).mean(0)
     torch.testing.assert_close(means["base_4x4"][0], want, atol=1e-6, rtol=0)
     assert (tmp_path / "mean_image_attention.png").stat().st_size > 10_000
+    quiet = tmp_path / "quiet"  # the figures pipeline's collections: the same means, no picture
+    coll.collect_dataset(vlm, SAMPLE, quiet, batch_size=3, limit=5, progress=False, plot=False)
+    assert not (quiet / "mean_image_attention.png").exists()
+    assert load_file(str(quiet / "mean_attention.safetensors")).keys() == means.keys()
+    torch.testing.assert_close(load_file(str(quiet / "mean_attention.safetensors"))["base_4x4"], means["base_4x4"],
+                               atol=0, rtol=0)
 
 
 def test_interrupted_collection_resumes_to_the_same_result(vlm, tmp_path, monkeypatch):

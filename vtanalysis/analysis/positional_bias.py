@@ -63,9 +63,10 @@ def layer_consistency(maps: torch.Tensor) -> torch.Tensor:
 
 def task_maps(vlm, data: str | Path, out: str | Path, types: list[str] | None, *, limit: int | None = None,
               batch_size: int = 8, rows: str = "last", progress: bool = True,
-              processes: Processes = ONE) -> dict[str, torch.Tensor]:
+              processes: Processes = ONE, plot: bool = True) -> dict[str, torch.Tensor]:
     """Mean maps per question type, each collected into `out/<type>/` (reused when already there;
-    with several processes, each collects its shard and the main one merges: `collect_sharded`).
+    with several processes, each collects its shard and the main one merges: `collect_sharded`;
+    `plot`: each folder's mean_image_attention.png, as `collect_dataset`).
 
     Returns {type: [L, h, w]}; with `types` None (a dataset without types), one map named "all".
     """
@@ -74,7 +75,7 @@ def task_maps(vlm, data: str | Path, out: str | Path, types: list[str] | None, *
         folder = Path(out) / t
         if not (folder / "mean_attention.safetensors").is_file() or _unfinished(folder, limit):
             collect_sharded(vlm, data, folder, processes, batch_size=batch_size, types=[t] if types else None,
-                            limit=limit, progress=progress)
+                            limit=limit, progress=progress, plot=plot)
         maps[t] = load_maps(folder, rows)[0]
     return maps
 

@@ -136,7 +136,7 @@ def shard_folder(out: Path, rank: int, world: int) -> Path:
 
 def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int = 4, layers="all",
                     limit: int | None = None, types: list[str] | None = None, save_records: bool = False,
-                    progress: bool = True, process: tuple[int, int] = (0, 1)) -> dict:
+                    progress: bool = True, process: tuple[int, int] = (0, 1), plot: bool = True) -> dict:
     """Record attention over a dataset folder and accumulate mean maps; resumable.
 
     Args:
@@ -152,6 +152,8 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
             of the samples into out/shard-RANK-of-N/ (resumable on its own) and writes no means;
             `merge_shards` then makes out/ as one process would have (`accelerate launch -m
             vtanalysis collect` does both).
+        plot: draw out/mean_image_attention.png at the end (pipelines that draw their own figures
+            from the means skip it: it costs more than a small model's collection).
     Returns:
         the summary dict (also written to out/summary.json; a shard's: its own counts).
     """
@@ -211,10 +213,10 @@ def collect_dataset(vlm, data: str | Path, out: str | Path, *, batch_size: int =
     bar.close()
     if world > 1:
         return {**meta, "n_samples": maps.n, "shard": [rank, world], "n_todo": len(samples)}
-    return _finish(vlm, out, maps, meta)
+    return _finish(vlm, out, maps, meta, plot)
 
 
-def merge_shards(vlm, out: str | Path, world: int) -> dict:
+def merge_shards(vlm, out: str | Path, world: int, plot: bool = True) -> dict:
     """Merge the `world` finished shards of out/ (see `collect_dataset(process=)`) into out/: sums and
     counts added in float64 in shard order, samples.jsonl and skipped.jsonl concatenated in dataset
     order, then the means, summary and figure as a one-process run writes them."""
@@ -246,7 +248,7 @@ def merge_shards(vlm, out: str | Path, world: int) -> dict:
     atomic_write(out / SAMPLES, lambda p: Path(p).write_bytes(b"".join(rows)))
     atomic_write(out / SKIPPED, lambda p: Path(p).write_bytes(b"".join(skipped)))
     _save_state(out, merged, done, (out / SAMPLES).stat().st_size, metas[0])
-    return _finish(vlm, out, merged, metas[0])
+    return _finish(vlm, out, merged, metas[0], plot)
 
 
 def collect_sharded(vlm, data: str | Path, out: str | Path, processes: Processes = ONE, **options) -> dict:
@@ -258,7 +260,7 @@ def collect_sharded(vlm, data: str | Path, out: str | Path, processes: Processes
                     **{**options, "progress": options.get("progress", True) and processes.main})
     processes.wait()
     if processes.main:
-        merge_shards(vlm, out, processes.world)
+        merge_shards(vlm, out, processes.world, plot=options.get("plot", True))
     processes.wait()
     return json.loads((Path(out) / "summary.json").read_text())
 
@@ -283,7 +285,7 @@ def _record_batch(vlm, chunk: list[Sample], layers, skipped: list, records_dir: 
                 skipped.append({"id": sample.id, "error": str(err)})
 
 
-def _finish(vlm, out: Path, maps: MeanMaps, meta: dict) -> dict:
+def _finish(vlm, out: Path, maps: MeanMaps, meta: dict, plot: bool = True) -> dict:
     from ..viz.attention_maps import plot_mean_maps
 
     means = maps.means()
@@ -295,7 +297,7 @@ def _finish(vlm, out: Path, maps: MeanMaps, meta: dict) -> dict:
                "mean_last_row_image_mass": mass,
                "skipped": [{"id": r["id"], "error": r["error"]} for r in skipped[:SUMMARY_SKIPPED]]}
     atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
-    if maps.n:
+    if maps.n and plot:
         plot_mean_maps(means, meta["layers"], title=f"{meta['model']} - mean text-to-image attention, n={maps.n}",
                        path=out / "mean_image_attention.png")
     return summary

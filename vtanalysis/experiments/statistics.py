@@ -17,7 +17,7 @@ def task_maps(ctx: Context) -> dict:
     from ..analysis import positional_bias as pb
 
     return pb.task_maps(ctx.vlm, ctx.data, ctx.cache / "positional_bias", ctx.types or None, limit=ctx.per_type,
-                        batch_size=ctx.batch_size, progress=ctx.progress, processes=ctx.processes)
+                        batch_size=ctx.batch_size, progress=ctx.progress, processes=ctx.processes, plot=False)
 
 
 def off_diagonal_mean(sim: torch.Tensor) -> float:
@@ -40,7 +40,7 @@ def compute_inflection(ctx: Context) -> dict:
 
     folder = ctx.cache / "collection_all"
     collect_sharded(ctx.vlm, ctx.data, folder, ctx.processes, batch_size=ctx.batch_size, limit=ctx.n,
-                    progress=ctx.progress)
+                    progress=ctx.progress, plot=False)  # the inflection figure draws what the means show
     curves = inf.shift_curves(folder)
     found = [{**c.__dict__, "in_control": False} for c in inf.inflection_layers(curves)]
     control = None
@@ -50,7 +50,7 @@ def compute_inflection(ctx: Context) -> dict:
         # one folder per control: a collection refuses another model's checkpoint
         where = ctx.cache / f"collection_control-{params_key(ctx.control_key)}"
         collect_sharded(ctx.control, ctx.data, where, ctx.processes, batch_size=ctx.batch_size, limit=ctx.n,
-                        progress=ctx.progress)
+                        progress=ctx.progress, plot=False)
         control_curves = inf.shift_curves(where)
         control_found = inf.inflection_layers(control_curves)
         for c in found:
