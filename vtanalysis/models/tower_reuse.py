@@ -2,13 +2,13 @@
 
 Evaluating many pruning runs on the same batch (`evaluate.evaluate_many`), or measuring many
 ablations of it (`vtanalysis.causal`), hands the model the same processor outputs again and again,
-and every pass's vision tower computes the same features from them. Inside `sharing(vlm)` the
-generations that may share it enter `shared_tower(vlm)`. Inside `reuse.active()` the tower's forward is wrapped (a scoped "around" callback:
-this context only, other threads untouched): a call with the same tensors (the same objects, or
-equal ones) and equal other arguments returns the output of the last call, which computed exactly
-that. Only what
-reads nothing inside the tower may share it: a method that captures the tower's attention or
-features, or edits the model around it, runs its own tower (`shareable`).
+and every pass's vision tower computes the same features from them. Inside `sharing(vlm)`, the
+generations that may share them enter `shared_tower(vlm)`: the tower's forward is wrapped (a scoped
+"around" callback: this context only, other threads untouched), and a call with the same tensors
+(the same objects, or equal ones) and equal other arguments returns the output of the last call,
+which computed exactly that. Only what reads nothing inside the tower may share it: a method that
+captures the tower's attention or features, or edits the model around it, runs its own tower
+(`shareable`).
 
 Only the last call is kept, so at most one batch's tower output is held, whatever the dataset's
 size (on a GPU, one batch of a 7B model's features is what generation holds anyway).
