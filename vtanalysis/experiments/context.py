@@ -55,13 +55,18 @@ def params_key(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def cache_path(cache: Path, name: str, params: dict) -> Path:
+    """Where `cached` keeps the result of (name, params)."""
+    return cache / f"{name}-{params_key(params)}.json"
+
+
 def cached(cache: Path, name: str, params: dict, compute, processes: Processes = ONE):
     """compute() once per (name, params); the JSON result is kept in cache/ and reused on reruns.
 
     With several processes every one calls this with the same arguments and computes (compute may
     wait for the others); the main process writes the file, and all return after it is written, so
     that they agree on what is cached the next time."""
-    path = cache / f"{name}-{params_key(params)}.json"
+    path = cache_path(cache, name, params)
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()
@@ -111,14 +116,16 @@ class Context:
     def evaluations(self, runs: list[dict]) -> list[dict]:
         """`evaluation` of several runs ({"method", "keep", optional "seed" and "knobs"}): those not
         cached yet are answered together (`evaluate_many`: one pass over the samples, each batch
-        prepared once), then each is cached as `evaluation` caches it."""
+        prepared once), then each is cached as `cached` caches a result (one barrier for all of them:
+        a per-run `cached` would let a faster main process write a file another process then finds,
+        and skip a barrier the main one waits at)."""
         from .evaluate import evaluate_many, normalise  # evaluate imports torch and the engine: only when asked
 
         runs = [{"seed": 0, "knobs": {}, **r} for r in runs]
         # the name tells knobs apart; the params key the weights, data, samples and code
         names = [f"eval-{r['method']}-{r['keep']}-seed{r['seed']}" + ("-knobs" if r["knobs"] else "") for r in runs]
         params = [{**self.key, "knobs": r["knobs"]} for r in runs]
-        todo = [j for j in range(len(runs)) if not (self.cache / f"{names[j]}-{params_key(params[j])}.json").is_file()]
+        todo = [j for j in range(len(runs)) if not cache_path(self.cache, names[j], params[j]).is_file()]
         done = {}
         if todo:  # the answers go to records/ per batch: an interrupted evaluation resumes
             found = evaluate_many(self.vlm, self.samples, [runs[j] for j in todo], batch_size=self.batch_size,
@@ -127,7 +134,12 @@ class Context:
             for j, r in zip(todo, found):
                 r["hits"] = [int(normalise(p) == normalise(s.answer)) for p, s in zip(r.pop("predictions"), self.samples)]
                 done[j] = r
-        return [cached(self.cache, names[j], params[j], lambda j=j: done[j], self.processes) for j in range(len(runs))]
+                if self.processes.main:
+                    write_json(cache_path(self.cache, names[j], params[j]), r)
+            # every process saw the same files missing; none reads on before all are written
+            self.processes.wait()
+        return [done[j] if j in done else json.loads(cache_path(self.cache, names[j], params[j]).read_text())
+                for j in range(len(runs))]
 
     def with_masks(self, samples: list[Sample]) -> tuple[list[Sample], list[np.ndarray]]:
         """Those of `samples` with an object mask, and the masks: ground truth where the data has it

@@ -196,24 +196,19 @@ def _answer(vlm, samples, start, stop, runs, answers: list[_Answers], batch_size
                unit="answer" if len(runs) > 1 else "sample", disable=not progress)
     with sharing(vlm):  # a batch's runs reuse its vision tower's output where they may (`prune.run`)
         for i in range(start, stop, batch_size):
-            _answer_batch(vlm, samples, start, stop, i, runs, specs, answers, batch_size, max_new_tokens, bar)
+            due = [j for j, a in enumerate(answers) if start + len(a.rows) == i]  # resumed runs skip their batches
+            if not due:
+                continue
+            chunk = samples[i:min(i + batch_size, stop)]
+            images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
+            batch = vlm.prepare(images, questions)
+            for j in due:
+                res, full = _run(vlm, batch, images, questions, runs[j], specs[j], i, len(samples), max_new_tokens)
+                answers[j].add([{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
+                                 "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
+                                 "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)])
+                bar.update(len(chunk))
     bar.close()
-
-
-def _answer_batch(vlm, samples, start, stop, i, runs, specs, answers, batch_size, max_new_tokens, bar) -> None:
-    """Answer the batch starting at sample i for every run that has not answered it yet."""
-    due = [j for j, a in enumerate(answers) if start + len(a.rows) == i]  # resumed runs skip their batches
-    if not due:
-        return
-    chunk = samples[i:min(i + batch_size, stop)]
-    images, questions = [load_image(s.image) for s in chunk], [s.question for s in chunk]
-    batch = vlm.prepare(images, questions)
-    for j in due:
-        res, full = _run(vlm, batch, images, questions, runs[j], specs[j], i, len(samples), max_new_tokens)
-        answers[j].add([{"index": i + b, "id": s.id, "prediction": res.answers[b], "flops": res.flops[b],
-                         "flops_unpruned": full[b], "prefill_s": res.prefill_s / len(chunk),
-                         "decode_s": res.decode_s / len(chunk)} for b, s in enumerate(chunk)])
-        bar.update(len(chunk))
 
 
 def _run(vlm, batch, images, questions, run: dict, spec, first: int, n_samples: int, max_new_tokens: int):

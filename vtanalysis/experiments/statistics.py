@@ -121,18 +121,18 @@ def accuracy_rows(ctx: Context, methods=METHODS + ABLATIONS, keeps=KEEPS) -> lis
     from ..prune.registry import get
 
     methods = [m for m in methods if vision_refusal(ctx.vlm, get(m).needs) is None]
-    # every run answered in one pass over the samples (each batch prepared once), then read back
-    ctx.evaluations([{"method": "none", "keep": 1.0}] + [
-        {"method": m, "keep": k, "seed": seed} for m in methods for k in keeps
-        for seed in (SEEDS if "seed" in get(m).knobs else (0,))])
-    base = ctx.evaluation("none", 1.0)
+    wanted = [("none", 1.0, 0)] + [(m, k, seed) for m in methods for k in keeps
+                                   for seed in (SEEDS if "seed" in get(m).knobs else (0,))]
+    # every run answered in one pass over the samples (each batch prepared once)
+    found = dict(zip(wanted, ctx.evaluations([{"method": m, "keep": k, "seed": seed} for m, k, seed in wanted])))
+    base = found[("none", 1.0, 0)]
     rows = [{"method": "none", "keep": 1.0, **accuracy_row(base, base)}]
     for m in methods:
         for k in keeps:
             if "seed" not in get(m).knobs:
-                rows.append({"method": m, "keep": k, **accuracy_row(ctx.evaluation(m, k), base)})
+                rows.append({"method": m, "keep": k, **accuracy_row(found[(m, k, 0)], base)})
                 continue
-            runs = [ctx.evaluation(m, k, seed=seed) for seed in SEEDS]
+            runs = [found[(m, k, seed)] for seed in SEEDS]
             accs = [r["accuracy"] for r in runs]
             pooled = {**runs[0], "accuracy": float(np.mean(accs)), "hits": [h for r in runs for h in r["hits"]]}
             rows.append({"method": m, "keep": k, **accuracy_row(pooled, base), "seeds": len(SEEDS),
